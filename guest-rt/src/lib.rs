@@ -1,0 +1,2 @@
+//! Bare-metal runtime for duovm guests.
+#![no_std]

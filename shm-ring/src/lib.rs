@@ -1,0 +1,23 @@
+//! Everything duovm keeps in guest memory that more than one party reads.
+//!
+//! duovm runs two bare-metal OSes in one KVM virtual machine. OS A (the RDMA OS) and OS B (the
+//! network OS) share one segment of guest memory; the host agent builds the VM and inspects it.
+//! This crate is the single source of truth for what lives there, so that the host, OS A and
+//! OS B agree by construction:
+//!
+//! - [`layout`]: the guest-physical memory map, I/O ports and interrupt vectors.
+//! - [`bootinfo`]: the versioned boot information block the host hands each OS.
+//! - [`ring`]: a lock-free single-producer/single-consumer descriptor ring that lives in a
+//!   caller-provided region of shared memory.
+//! - [`pool`]: packet buffer pools with lock-free buffer return.
+//!
+//! Everything read out of shared memory is untrusted: the peer may be buggy or hostile, so every
+//! index and descriptor is validated before use and a bad value is an error, never undefined
+//! behaviour, a panic or an access outside the region.
+#![cfg_attr(not(any(test, feature = "std")), no_std)]
+#![deny(unsafe_op_in_unsafe_fn)]
+
+pub mod bootinfo;
+pub mod layout;
+pub mod pool;
+pub mod ring;

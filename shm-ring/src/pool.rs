@@ -1,0 +1,1 @@
+//! Packet buffer pools in shared memory.
