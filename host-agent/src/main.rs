@@ -1,1 +1,214 @@
-fn main() {}
+//! `host-agent`: the duovm VMM's command line.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use host_agent::images;
+use host_agent::vm::{RunReport, Vm, VmConfig, control_only_layout};
+use shm_ring::bootinfo::{NetConfig, Workload, WorkloadKind};
+use shm_ring::layout::{MemoryMap, Role};
+
+/// duovm's host agent: runs two bare-metal OSes in one KVM virtual machine.
+///
+/// OS A (vCPU 0) runs the application and the RDMA engine; OS B (vCPU 1) runs the network
+/// stack. They share one memory segment and talk through lock-free rings and IPIs. The agent
+/// builds the guest kernels when needed, builds the VM, handles its exits and reports.
+#[derive(Debug, Parser)]
+#[command(name = "host-agent", version, about, long_about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// The tour: boot the pair, exchange IPIs, move data through the ring, report.
+    Demo(DemoArgs),
+    /// Boot the pair and run one workload (for diagnostics and tests).
+    Run(RunArgs),
+    /// Build the guest kernels into the image directory.
+    BuildImages {
+        /// Where to put them.
+        #[arg(long, default_value_os_t = images::default_dir())]
+        images: PathBuf,
+    },
+}
+
+#[derive(Debug, Args, Clone)]
+struct VmArgs {
+    /// Directory of the guest images; when given, they are used as they are (not rebuilt).
+    #[arg(long)]
+    images: Option<PathBuf>,
+    /// Size of each OS's private segment, in MiB (a multiple of 2).
+    #[arg(long, default_value_t = 32)]
+    segment_mib: u64,
+    /// Size of the shared segment, in MiB (a multiple of 2).
+    #[arg(long, default_value_t = 16)]
+    shared_mib: u64,
+    /// Give up on a run after this many seconds.
+    #[arg(long, default_value_t = 60.0)]
+    timeout: f64,
+    /// Do not echo the guests' serial logs.
+    #[arg(long)]
+    quiet: bool,
+    /// Print one JSON object with the full report instead of text.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, Args)]
+struct DemoArgs {
+    #[command(flatten)]
+    vm: VmArgs,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum WorkloadArg {
+    /// Both OSes boot and exchange one IPI each way.
+    Hello,
+    /// OS A reads OS B's segment and must fault.
+    TouchPeer,
+    /// OS A triple-faults.
+    TripleFault,
+    /// OS A spins forever with interrupts off; the timeout must end it.
+    Spin,
+}
+
+#[derive(Debug, Args)]
+struct RunArgs {
+    /// What to run.
+    #[arg(long, value_enum, default_value = "hello")]
+    workload: WorkloadArg,
+    #[command(flatten)]
+    vm: VmArgs,
+}
+
+impl VmArgs {
+    fn memory(&self) -> Result<MemoryMap> {
+        MemoryMap::new(
+            self.segment_mib << 20,
+            self.segment_mib << 20,
+            self.shared_mib << 20,
+        )
+        .map_err(|error| anyhow::anyhow!("memory sizes do not fit: {error}"))
+    }
+
+    fn images(&self) -> Result<[Vec<u8>; 2]> {
+        let paths = match &self.images {
+            Some(dir) => images::existing(dir)?,
+            None => images::build(&images::default_dir(), !self.json)?,
+        };
+        Ok(images::read(&paths)?)
+    }
+
+    fn config(&self, images: [Vec<u8>; 2], workloads: [Workload; 2]) -> Result<VmConfig> {
+        Ok(VmConfig {
+            memory: self.memory()?,
+            images,
+            workloads,
+            shared_layout: control_only_layout(),
+            net: NetConfig::default(),
+            echo_serial: !self.quiet && !self.json,
+            measure_fast_path: false,
+        })
+    }
+
+    fn timeout(&self) -> Duration {
+        Duration::from_secs_f64(self.timeout.max(0.1))
+    }
+}
+
+fn workload(kind: WorkloadKind) -> Workload {
+    Workload {
+        kind: kind as u32,
+        ..Workload::default()
+    }
+}
+
+fn print_report(report: &RunReport) {
+    for os in &report.oses {
+        println!("{}", os.summary);
+        let exits = &os.exits;
+        println!(
+            "  exits: {} ({} fast path, {} supervisor); vCPU thread context switches: {} voluntary, {} involuntary",
+            exits.total,
+            exits.fast_path,
+            exits.supervisor_path,
+            os.context_switches.voluntary,
+            os.context_switches.involuntary
+        );
+    }
+    println!(
+        "run took {:.2} s{}",
+        report.seconds,
+        if report.timed_out { " (timed out)" } else { "" }
+    );
+}
+
+fn run_workload(args: &RunArgs) -> Result<RunReport> {
+    let kind = match args.workload {
+        WorkloadArg::Hello => WorkloadKind::Hello,
+        WorkloadArg::TouchPeer => WorkloadKind::TouchPeerSegment,
+        WorkloadArg::TripleFault => WorkloadKind::TripleFault,
+        WorkloadArg::Spin => WorkloadKind::Spin,
+    };
+    let images = args.vm.images()?;
+    let config = args.vm.config(images, [workload(kind), workload(kind)])?;
+    let vm = Vm::build(&config).context("cannot build the VM")?;
+    Ok(vm.run(args.vm.timeout())?)
+}
+
+fn demo(args: &DemoArgs) -> Result<bool> {
+    let images = args.vm.images()?;
+    if !args.vm.json {
+        println!("== stage 1: boot OS A and OS B in one VM and exchange IPIs");
+    }
+    let config = args.vm.config(images, [workload(WorkloadKind::Hello); 2])?;
+    let report = Vm::build(&config)
+        .context("cannot build the VM")?
+        .run(args.vm.timeout())?;
+    if args.vm.json {
+        println!(
+            "{}",
+            serde_json::json!({ "stage": "hello", "success": report.success(), "report": report })
+        );
+    } else {
+        print_report(&report);
+        let a = report.os(Role::A);
+        println!(
+            "stage 1 {}: both OSes booted, IPIs delivered both ways ({} IPI exits to user space)",
+            if report.success() { "passed" } else { "FAILED" },
+            a.exits.by_reason.get("hlt").copied().unwrap_or(0)
+        );
+    }
+    Ok(report.success())
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match &cli.command {
+        Command::Demo(args) => demo(args),
+        Command::Run(args) => run_workload(args).map(|report| {
+            if args.vm.json {
+                println!("{}", serde_json::to_string(&report).unwrap_or_default());
+            } else {
+                print_report(&report);
+            }
+            report.success()
+        }),
+        Command::BuildImages { images: dir } => {
+            images::build(dir, true).map(|_| true).map_err(Into::into)
+        }
+    };
+    match result {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::FAILURE,
+        Err(error) => {
+            eprintln!("host-agent: error: {error:#}");
+            ExitCode::from(2)
+        }
+    }
+}

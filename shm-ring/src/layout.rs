@@ -165,6 +165,49 @@ pub const DEBUG_EXIT_PORT: u16 = 0xF4;
 /// Hypercall port: a 32-bit write of a [`Hypercall`] number notifies the host.
 pub const HYPERCALL_PORT: u16 = 0x510;
 
+/// The status an OS writes to [`DEBUG_EXIT_PORT`] to end itself.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+#[repr(u32)]
+pub enum ExitStatus {
+    /// The workload finished and everything checked out.
+    Success = 0,
+    /// The kernel panicked; the message is on its serial log.
+    Panic = 1,
+    /// A CPU exception. The guest passes `RSI` = vector, `R9` = error code, `RCX` = CR2 and
+    /// `R8` = the faulting RIP along with the port write.
+    Fault = 2,
+    /// A check of the workload failed; the reason is on the serial log.
+    Failed = 3,
+    /// The boot info block was rejected.
+    BadBoot = 4,
+}
+
+impl ExitStatus {
+    /// The status for a raw port value.
+    pub const fn from_u32(value: u32) -> Option<ExitStatus> {
+        match value {
+            0 => Some(ExitStatus::Success),
+            1 => Some(ExitStatus::Panic),
+            2 => Some(ExitStatus::Fault),
+            3 => Some(ExitStatus::Failed),
+            4 => Some(ExitStatus::BadBoot),
+            _ => None,
+        }
+    }
+
+    /// A short description for reports.
+    pub const fn describe(self) -> &'static str {
+        match self {
+            ExitStatus::Success => "success",
+            ExitStatus::Panic => "panic",
+            ExitStatus::Fault => "CPU exception",
+            ExitStatus::Failed => "workload check failed",
+            ExitStatus::BadBoot => "boot info rejected",
+        }
+    }
+}
+
 /// Notifications a guest sends the host through [`HYPERCALL_PORT`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[non_exhaustive]
@@ -202,8 +245,18 @@ pub const NET_VECTOR: u8 = 0x42;
 pub const SPURIOUS_VECTOR: u8 = 0xFF;
 
 /// A range of guest-physical memory.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
-#[derive(zerocopy::FromBytes, zerocopy::IntoBytes, zerocopy::Immutable, zerocopy::KnownLayout)]
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    PartialEq,
+    Eq,
+    Default,
+    zerocopy::FromBytes,
+    zerocopy::IntoBytes,
+    zerocopy::Immutable,
+    zerocopy::KnownLayout,
+)]
 #[repr(C)]
 pub struct Region {
     /// First byte.
@@ -362,11 +415,17 @@ mod tests {
     fn sizes_are_checked() {
         assert_eq!(
             MemoryMap::new(3 << 20, 32 << 20, 16 << 20),
-            Err(MemoryMapError::Unaligned { segment: "segment A", size: 3 << 20 })
+            Err(MemoryMapError::Unaligned {
+                segment: "segment A",
+                size: 3 << 20
+            })
         );
         assert!(matches!(
             MemoryMap::new(32 << 20, 2 << 30, 16 << 20),
-            Err(MemoryMapError::TooLarge { segment: "segment B", .. })
+            Err(MemoryMapError::TooLarge {
+                segment: "segment B",
+                ..
+            })
         ));
         assert!(MemoryMap::new(0, 2 << 20, 2 << 20).is_err());
         assert!(MemoryMap::new(2 << 20, 2 << 20, 2 << 20).is_ok());

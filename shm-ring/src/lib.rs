@@ -10,6 +10,7 @@
 //! - [`ring`]: a lock-free single-producer/single-consumer descriptor ring that lives in a
 //!   caller-provided region of shared memory.
 //! - [`pool`]: packet buffer pools with lock-free buffer return.
+//! - [`desc`]: the descriptors the rings carry.
 //!
 //! Everything read out of shared memory is untrusted: the peer may be buggy or hostile, so every
 //! index and descriptor is validated before use and a bad value is an error, never undefined
@@ -18,6 +19,14 @@
 #![deny(unsafe_op_in_unsafe_fn)]
 
 pub mod bootinfo;
+pub mod control;
+pub mod desc;
 pub mod layout;
+#[cfg(any(test, feature = "std"))]
+mod owned;
 pub mod pool;
 pub mod ring;
+mod sync;
+
+#[cfg(any(test, feature = "std"))]
+pub use owned::{OWNED_REGION_ALIGN, OwnedRegion};

@@ -1,0 +1,20 @@
+//! duovm's host agent: the VMM that builds the paired-guest VM, handles its exits and runs it.
+//!
+//! The layers, bottom up:
+//! - [`memory`]: guest memory in one memfd, accessed only through bounds-checked copies;
+//! - [`arch`]: page tables and the long-mode vCPU state of each OS;
+//! - [`loader`]: checked ELF loading;
+//! - [`exits`]: the exit classifier (fast path or supervisor) and exit counters;
+//! - [`serial`]: per-OS, line-buffered, rate-limited serial logs;
+//! - [`vcpu`]: the vCPU thread loop;
+//! - [`vm`]: building a VM from a [`vm::VmConfig`] and running it under the supervisor;
+//! - [`images`]: finding and building the guest kernels.
+
+pub mod arch;
+pub mod exits;
+pub mod images;
+pub mod loader;
+pub mod memory;
+pub mod serial;
+pub mod vcpu;
+pub mod vm;

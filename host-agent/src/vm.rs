@@ -1,0 +1,605 @@
+//! Building the paired-guest VM and running it to the end under the supervisor.
+//!
+//! [`Vm::build`] turns a [`VmConfig`] into a VM ready to run: guest memory (low memory, segment
+//! A, segment B, shared segment) in one memfd, the in-kernel irqchip, both kernels loaded, per-OS
+//! page tables and boot info, and two vCPUs in long mode. [`Vm::run`] starts one thread per vCPU
+//! and makes the calling thread the supervisor: it answers the exits the vCPU threads hand over,
+//! stops the pair when one OS fails, and enforces the timeout.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, bounded, unbounded};
+use kvm_bindings::{
+    KVM_MAX_CPUID_ENTRIES, KVM_MP_STATE_RUNNABLE, kvm_fpu, kvm_mp_state,
+    kvm_userspace_memory_region,
+};
+use kvm_ioctls::{Cap, Kvm, VcpuFd, VmFd};
+use serde::Serialize;
+use shm_ring::bootinfo::{
+    BOOT_INFO_MAGIC, BOOT_INFO_VERSION, BootInfo, NetConfig, SharedLayout, Workload,
+};
+use shm_ring::control::{CONTROL_BLOCK_SIZE, ControlView};
+use shm_ring::layout::{
+    ExitStatus, LAPIC_BASE, LOW_MEMORY_SIZE, MemoryMap, PAGE_SIZE, PAGE_TABLES_SIZE, Region, Role,
+    VIRTIO_MMIO_BASE, VIRTIO_MMIO_SIZE,
+};
+use vmm_sys_util::signal::{Killable, SIGRTMIN, register_signal_handler};
+
+use crate::arch::cpu::{boot_gdt_bytes, boot_regs, long_mode_sregs, set_apic_id};
+use crate::arch::paging::{Access, PageTableBuilder, PagingError};
+use crate::exits::{Exit, ExitSummary, SupervisorRequest};
+use crate::loader::{LoadError, load_elf};
+use crate::memory::{GuestAddress, GuestMemory, MemoryError};
+use crate::serial::{SerialLog, StderrSink};
+use crate::vcpu::{ContextSwitches, OsEnd, SupervisorMessage, VcpuContext, VcpuOutcome};
+
+/// Size of each OS's boot stack, at the top of its segment.
+pub const BOOT_STACK_SIZE: u64 = 256 * 1024;
+/// Where KVM's TSS for real-mode emulation goes (Intel needs it with an in-kernel irqchip).
+const KVM_TSS_ADDRESS: usize = 0xfffb_d000;
+
+/// Errors building or running a VM.
+#[derive(Debug, thiserror::Error)]
+pub enum VmError {
+    /// `/dev/kvm` could not be opened.
+    #[error("cannot open /dev/kvm: {0} (is KVM enabled, and may this user use it?)")]
+    NoKvm(#[source] kvm_ioctls::Error),
+    /// KVM lacks a capability duovm needs.
+    #[error("KVM lacks the {0} capability")]
+    MissingCapability(&'static str),
+    /// A KVM call failed.
+    #[error("KVM {what} failed")]
+    Kvm {
+        /// Which call.
+        what: &'static str,
+        /// Its error.
+        #[source]
+        source: kvm_ioctls::Error,
+    },
+    /// Guest memory failed.
+    #[error("guest memory")]
+    Memory(#[from] MemoryError),
+    /// A kernel image could not be loaded.
+    #[error("cannot load the OS {os} image")]
+    Load {
+        /// Which OS.
+        os: &'static str,
+        /// Why.
+        #[source]
+        source: LoadError,
+    },
+    /// A kernel image does not fit below its boot stack.
+    #[error(
+        "the OS {os} image ends at {end:#x}, inside its boot stack at {stack:#x}: give the segment more memory"
+    )]
+    ImageTooLarge {
+        /// Which OS.
+        os: &'static str,
+        /// End of the image.
+        end: u64,
+        /// Start of the stack.
+        stack: u64,
+    },
+    /// Page tables could not be built.
+    #[error("page tables of OS {os}")]
+    Paging {
+        /// Which OS.
+        os: &'static str,
+        /// Why.
+        #[source]
+        source: PagingError,
+    },
+    /// A thread could not be started or signalled.
+    #[error("cannot start the {0} thread")]
+    Thread(&'static str, #[source] std::io::Error),
+}
+
+fn kvm_error(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> VmError {
+    move |source| VmError::Kvm { what, source }
+}
+
+/// Everything needed to build a VM.
+#[derive(Clone, Debug)]
+pub struct VmConfig {
+    /// Segment sizes.
+    pub memory: MemoryMap,
+    /// The kernels, OS A first.
+    pub images: [Vec<u8>; 2],
+    /// What each OS runs, OS A first.
+    pub workloads: [Workload; 2],
+    /// Where things live in the shared segment.
+    pub shared_layout: SharedLayout,
+    /// OS B's network configuration.
+    pub net: NetConfig,
+    /// Print guest serial output as it arrives.
+    pub echo_serial: bool,
+    /// Measure context switches around every fast-path exit (slow; for the exit benchmark).
+    pub measure_fast_path: bool,
+}
+
+/// The shared layout with only the control blocks (enough for workloads without rings).
+pub fn control_only_layout() -> SharedLayout {
+    SharedLayout {
+        control_a: Region::new(0, CONTROL_BLOCK_SIZE),
+        control_b: Region::new(CONTROL_BLOCK_SIZE, CONTROL_BLOCK_SIZE),
+        ..SharedLayout::default()
+    }
+}
+
+/// A built VM, ready to run.
+#[derive(Debug)]
+pub struct Vm {
+    _kvm: Kvm,
+    _vm: VmFd,
+    memory: Arc<GuestMemory>,
+    vcpus: Vec<VcpuFd>,
+    map: MemoryMap,
+    shared_layout: SharedLayout,
+    echo_serial: bool,
+    measure_fast_path: bool,
+}
+
+/// One OS's part of a run report.
+#[derive(Clone, Debug, Serialize)]
+pub struct OsReport {
+    /// `a` or `b`.
+    pub os: &'static str,
+    /// How it ended.
+    pub end: OsEnd,
+    /// One-line explanation of `end`.
+    pub summary: String,
+    /// Whether it ended with status 0.
+    pub success: bool,
+    /// Exit counters.
+    pub exits: ExitSummary,
+    /// Context switches of its vCPU thread.
+    pub context_switches: ContextSwitches,
+    /// Context switches measured around fast-path exits (only when measured).
+    pub fast_path_context_switches: ContextSwitches,
+    /// Hypercalls made.
+    pub hypercalls: u64,
+    /// Serial bytes written.
+    pub serial_bytes: u64,
+    /// The serial log.
+    pub serial_lines: Vec<String>,
+    /// The OS's report slots from its control block, at the end.
+    pub report: Vec<u64>,
+}
+
+/// The result of a run.
+#[derive(Clone, Debug, Serialize)]
+pub struct RunReport {
+    /// OS A, then OS B.
+    pub oses: Vec<OsReport>,
+    /// Whether the run hit the timeout.
+    pub timed_out: bool,
+    /// Wall-clock time of the run.
+    pub seconds: f64,
+    /// Accesses the supervisor answered for no device.
+    pub unhandled_accesses: u64,
+}
+
+impl RunReport {
+    /// Whether both OSes ended with success.
+    pub fn success(&self) -> bool {
+        !self.timed_out && self.oses.iter().all(|os| os.success)
+    }
+
+    /// The report of one OS.
+    pub fn os(&self, role: Role) -> &OsReport {
+        &self.oses[role.vcpu_index() as usize]
+    }
+}
+
+fn describe(role: Role, end: &OsEnd, timed_out: bool) -> String {
+    let os = role.tag();
+    match end {
+        OsEnd::Exited { status: 0, .. } => format!("OS {os} finished successfully"),
+        OsEnd::Exited {
+            status,
+            fault: Some(fault),
+        } if *status == ExitStatus::Fault as u32 => format!(
+            "OS {os} faulted: exception {} at rip {:#x} (address {:#x}, error code {:#x})",
+            fault.vector, fault.rip, fault.address, fault.error_code
+        ),
+        OsEnd::Exited { status, .. } => format!(
+            "OS {os} ended with status {status} ({})",
+            ExitStatus::from_u32(*status).map_or("unknown status", ExitStatus::describe)
+        ),
+        OsEnd::TripleFault { rip } => {
+            format!("OS {os} triple-faulted (shutdown exit) at rip {rip:#x}")
+        }
+        OsEnd::Fatal { reason, rip } => {
+            format!("OS {os} could not go on: {reason} at rip {rip:#x}")
+        }
+        OsEnd::Stopped { rip } if timed_out => {
+            format!("OS {os} did not finish before the timeout; stopped at rip {rip:#x}")
+        }
+        OsEnd::Stopped { rip } => format!("OS {os} was stopped by the host at rip {rip:#x}"),
+    }
+}
+
+extern "C" fn kick_handler(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {}
+
+/// The signal that kicks a vCPU thread out of `KVM_RUN`.
+fn kick_signal() -> libc::c_int {
+    SIGRTMIN()
+}
+
+impl Vm {
+    /// Builds the VM described by `config`.
+    pub fn build(config: &VmConfig) -> Result<Vm, VmError> {
+        let kvm = Kvm::new().map_err(VmError::NoKvm)?;
+        for (cap, name) in [
+            (Cap::Irqchip, "in-kernel irqchip"),
+            (Cap::UserMemory, "user memory"),
+            (Cap::ImmediateExit, "immediate exit"),
+            (Cap::GetTscKhz, "TSC frequency"),
+            (Cap::ExtCpuid, "CPUID"),
+        ] {
+            if !kvm.check_extension(cap) {
+                return Err(VmError::MissingCapability(name));
+            }
+        }
+        let vm = kvm.create_vm().map_err(kvm_error("create VM"))?;
+        vm.set_tss_address(KVM_TSS_ADDRESS)
+            .map_err(kvm_error("set TSS address"))?;
+        vm.create_irq_chip().map_err(kvm_error("create irqchip"))?;
+
+        let map = config.memory;
+        let memory = GuestMemory::new(&[
+            Region::new(0, LOW_MEMORY_SIZE),
+            map.segment_a,
+            map.segment_b,
+            map.shared,
+        ])?;
+        for (slot, region) in memory.regions().iter().enumerate() {
+            let kvm_region = kvm_userspace_memory_region {
+                slot: slot as u32,
+                flags: 0,
+                guest_phys_addr: region.guest.base,
+                memory_size: region.guest.size,
+                userspace_addr: memory.host_address(region),
+            };
+            // SAFETY: the host range is a live mapping owned by `memory`, which the returned
+            // `Vm` keeps alive at least as long as the VM fd.
+            unsafe { vm.set_user_memory_region(kvm_region) }
+                .map_err(kvm_error("set memory region"))?;
+        }
+
+        let supported = kvm
+            .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
+            .map_err(kvm_error("get CPUID"))?;
+        let mut vcpus = Vec::new();
+        for role in Role::ALL {
+            let vcpu = vm
+                .create_vcpu(u64::from(role.vcpu_index()))
+                .map_err(kvm_error("create vCPU"))?;
+            let mut cpuid = supported.clone();
+            set_apic_id(&mut cpuid, role.vcpu_index());
+            vcpu.set_cpuid2(&cpuid).map_err(kvm_error("set CPUID"))?;
+            let tsc_khz = vcpu.get_tsc_khz().map_err(kvm_error("get TSC frequency"))?;
+            let (entry, stack_top, boot_info) =
+                prepare_os(&memory, config, role, u64::from(tsc_khz))?;
+            let sregs = vcpu.get_sregs().map_err(kvm_error("get sregs"))?;
+            let cr3 = role.page_tables_address();
+            vcpu.set_sregs(&long_mode_sregs(sregs, cr3, role.gdt_address()))
+                .map_err(kvm_error("set sregs"))?;
+            vcpu.set_regs(&boot_regs(entry, stack_top, boot_info))
+                .map_err(kvm_error("set regs"))?;
+            let fpu = kvm_fpu {
+                fcw: 0x37f,
+                mxcsr: 0x1f80,
+                ..Default::default()
+            };
+            vcpu.set_fpu(&fpu).map_err(kvm_error("set FPU"))?;
+            // With the in-kernel irqchip only vCPU 0 starts runnable; start the other directly.
+            vcpu.set_mp_state(kvm_mp_state {
+                mp_state: KVM_MP_STATE_RUNNABLE,
+            })
+            .map_err(kvm_error("set MP state"))?;
+            vcpus.push(vcpu);
+        }
+        Ok(Vm {
+            _kvm: kvm,
+            _vm: vm,
+            memory: Arc::new(memory),
+            vcpus,
+            map,
+            shared_layout: config.shared_layout,
+            echo_serial: config.echo_serial,
+            measure_fast_path: config.measure_fast_path,
+        })
+    }
+
+    /// Guest memory.
+    pub fn memory(&self) -> &Arc<GuestMemory> {
+        &self.memory
+    }
+
+    /// The control block of an OS.
+    pub fn control(&self, role: Role) -> Result<ControlView, MemoryError> {
+        let region = match role {
+            Role::A => self.shared_layout.control_a,
+            Role::B => self.shared_layout.control_b,
+        };
+        let pointer = self.memory.host_pointer(
+            GuestAddress(self.map.shared.base + region.base),
+            CONTROL_BLOCK_SIZE,
+        )?;
+        // SAFETY: the block lies inside guest memory (checked above), which `self.memory` keeps
+        // mapped; control blocks are accessed only through atomics.
+        Ok(unsafe { ControlView::new(pointer) })
+    }
+
+    /// Runs both OSes until both end, one fails, or `timeout` passes.
+    pub fn run(mut self, timeout: Duration) -> Result<RunReport, VmError> {
+        // SAFETY: the handler is async-signal-safe (it does nothing); its only purpose is to make
+        // KVM_RUN return EINTR on the kicked thread.
+        register_signal_handler(kick_signal(), kick_handler).map_err(|error| {
+            VmError::Thread("signal", std::io::Error::from_raw_os_error(error.errno()))
+        })?;
+        let started = Instant::now();
+        let (supervisor_sender, supervisor_receiver) = unbounded::<SupervisorMessage>();
+        let (done_sender, done_receiver) = unbounded::<VcpuOutcome>();
+        let mut threads: Vec<(Arc<AtomicBool>, JoinHandle<()>)> = Vec::new();
+        for (role, vcpu) in Role::ALL.into_iter().zip(self.vcpus.drain(..)) {
+            let stop = Arc::new(AtomicBool::new(false));
+            let context = VcpuContext {
+                role,
+                vcpu,
+                stop: stop.clone(),
+                supervisor: supervisor_sender.clone(),
+                serial: SerialLog::new(
+                    role.tag(),
+                    StderrSink {
+                        keep: true,
+                        lines: Vec::new(),
+                        quiet: !self.echo_serial,
+                    },
+                ),
+                measure_fast_path: self.measure_fast_path,
+            };
+            let done = done_sender.clone();
+            let handle = std::thread::Builder::new()
+                .name(format!("vcpu-{}", role.tag()))
+                .spawn(move || {
+                    let outcome = context.run(bounded(1));
+                    let _ = done.send(outcome);
+                })
+                .map_err(|error| VmError::Thread("vCPU", error))?;
+            threads.push((stop, handle));
+        }
+        drop(supervisor_sender);
+        drop(done_sender);
+
+        let mut supervisor = Supervisor::default();
+        let outcomes = supervisor.serve(
+            &threads,
+            &supervisor_receiver,
+            &done_receiver,
+            started + timeout,
+        );
+        for (_, handle) in threads {
+            let _ = handle.join();
+        }
+        let timed_out = supervisor.timed_out;
+        let mut oses = Vec::new();
+        for outcome in outcomes {
+            let report = self
+                .control(outcome.role)
+                .map(|view| view.reports().to_vec())
+                .unwrap_or_default();
+            oses.push(OsReport {
+                os: outcome.role.tag(),
+                summary: describe(outcome.role, &outcome.end, timed_out),
+                success: matches!(outcome.end, OsEnd::Exited { status: 0, .. }),
+                end: outcome.end,
+                exits: outcome.counters.summary(),
+                context_switches: outcome.context_switches,
+                fast_path_context_switches: outcome.fast_path_context_switches,
+                hypercalls: outcome.hypercalls,
+                serial_bytes: outcome.serial_bytes,
+                serial_lines: outcome.serial_lines,
+                report,
+            });
+        }
+        Ok(RunReport {
+            oses,
+            timed_out,
+            seconds: started.elapsed().as_secs_f64(),
+            unhandled_accesses: supervisor.unhandled,
+        })
+    }
+}
+
+/// Writes one OS's GDT, page tables, image and boot info; returns (entry, stack top, boot info).
+fn prepare_os(
+    memory: &GuestMemory,
+    config: &VmConfig,
+    role: Role,
+    tsc_khz: u64,
+) -> Result<(u64, u64, u64), VmError> {
+    let os = role.tag();
+    let map = config.memory;
+    let segment = map.segment(role);
+    let stack = Region::new(
+        segment.base + segment.size - BOOT_STACK_SIZE,
+        BOOT_STACK_SIZE,
+    );
+    let image = load_elf(memory, &config.images[role.vcpu_index() as usize], segment)
+        .map_err(|source| VmError::Load { os, source })?;
+    if image.end > stack.base {
+        return Err(VmError::ImageTooLarge {
+            os,
+            end: image.end,
+            stack: stack.base,
+        });
+    }
+    memory.write(GuestAddress(role.gdt_address()), &boot_gdt_bytes())?;
+
+    let paging = |source| VmError::Paging { os, source };
+    let mut tables =
+        PageTableBuilder::new(role.page_tables_address(), PAGE_TABLES_SIZE).map_err(paging)?;
+    tables
+        .identity_map(role.gdt_address(), PAGE_SIZE, Access::READ_ONLY)
+        .map_err(paging)?;
+    tables
+        .identity_map(role.boot_info_address(), PAGE_SIZE, Access::READ_ONLY)
+        .map_err(paging)?;
+    tables
+        .identity_map(segment.base, segment.size, Access::CODE_AND_DATA)
+        .map_err(paging)?;
+    tables
+        .identity_map(map.shared.base, map.shared.size, Access::DATA)
+        .map_err(paging)?;
+    tables
+        .identity_map(LAPIC_BASE, PAGE_SIZE, Access::DEVICE)
+        .map_err(paging)?;
+    if role == Role::B {
+        tables
+            .identity_map(VIRTIO_MMIO_BASE, VIRTIO_MMIO_SIZE, Access::DEVICE)
+            .map_err(paging)?;
+    }
+    for (address, page) in tables.pages() {
+        memory.write(GuestAddress(address), &page)?;
+    }
+
+    let info = BootInfo {
+        magic: BOOT_INFO_MAGIC,
+        version: BOOT_INFO_VERSION,
+        size: size_of::<BootInfo>() as u32,
+        role: role as u32,
+        apic_id: role.vcpu_index(),
+        peer_apic_id: role.peer().vcpu_index(),
+        serial_port: u32::from(role.serial_port()),
+        tsc_khz,
+        segment,
+        stack,
+        shared: map.shared,
+        shared_layout: config.shared_layout,
+        net: config.net,
+        workload: config.workloads[role.vcpu_index() as usize],
+    };
+    memory.write_obj(GuestAddress(role.boot_info_address()), &info)?;
+    Ok((
+        image.entry,
+        stack.base + stack.size,
+        role.boot_info_address(),
+    ))
+}
+
+/// The supervisor: answers handed-over exits, ends the run.
+#[derive(Debug, Default)]
+struct Supervisor {
+    timed_out: bool,
+    unhandled: u64,
+    logged: u64,
+}
+
+/// Unknown accesses logged before the rest are only counted.
+const UNHANDLED_LOG_LIMIT: u64 = 16;
+
+impl Supervisor {
+    fn stop_all(threads: &[(Arc<AtomicBool>, JoinHandle<()>)], finished: &[bool; 2]) {
+        for (index, (stop, handle)) in threads.iter().enumerate() {
+            if !finished[index] {
+                stop.store(true, Ordering::Release);
+                let _ = handle.kill(kick_signal());
+            }
+        }
+    }
+
+    fn answer(&mut self, role: Role, request: SupervisorRequest) -> u64 {
+        match request {
+            SupervisorRequest::Access(exit) => {
+                self.unhandled += 1;
+                if self.logged < UNHANDLED_LOG_LIMIT {
+                    self.logged += 1;
+                    let what = match exit {
+                        Exit::IoIn { port, size } => {
+                            format!("read of {size} bytes from port {port:#x}")
+                        }
+                        Exit::IoOut { port, value, size } => {
+                            format!("write of {value:#x} ({size} bytes) to port {port:#x}")
+                        }
+                        Exit::MmioRead { address, size } => {
+                            format!("read of {size} bytes at {address:#x}")
+                        }
+                        Exit::MmioWrite {
+                            address,
+                            value,
+                            size,
+                        } => {
+                            format!("write of {value:#x} ({size} bytes) at {address:#x}")
+                        }
+                        other => format!("{other:?}"),
+                    };
+                    let more = if self.logged == UNHANDLED_LOG_LIMIT {
+                        " (further ones are counted, not logged)"
+                    } else {
+                        ""
+                    };
+                    eprintln!(
+                        "host-agent: OS {} made an unhandled {what}; reads return zero{more}",
+                        role.tag()
+                    );
+                }
+                0
+            }
+            SupervisorRequest::Fatal(_) => 0,
+        }
+    }
+
+    /// Serves until both vCPU threads have ended.
+    fn serve(
+        &mut self,
+        threads: &[(Arc<AtomicBool>, JoinHandle<()>)],
+        requests: &Receiver<SupervisorMessage>,
+        done: &Receiver<VcpuOutcome>,
+        deadline: Instant,
+    ) -> Vec<VcpuOutcome> {
+        let mut outcomes: Vec<Option<VcpuOutcome>> = vec![None, None];
+        let mut finished = [false; 2];
+        let mut stopping = false;
+        while outcomes.iter().any(Option::is_none) {
+            let now = Instant::now();
+            let wait = if stopping {
+                Duration::from_millis(20)
+            } else {
+                deadline.saturating_duration_since(now)
+            };
+            crossbeam_channel::select! {
+                recv(requests) -> message => {
+                    if let Ok(message) = message {
+                        let answer = self.answer(message.role, message.request);
+                        let _ = message.reply.send(answer);
+                    }
+                }
+                recv(done) -> outcome => {
+                    let Ok(outcome) = outcome else { break };
+                    let index = outcome.role.vcpu_index() as usize;
+                    finished[index] = true;
+                    let failed = !matches!(outcome.end, OsEnd::Exited { status: 0, .. });
+                    outcomes[index] = Some(outcome);
+                    if failed && !stopping {
+                        stopping = true;
+                        Self::stop_all(threads, &finished);
+                    }
+                }
+                default(wait) => {
+                    if !stopping {
+                        self.timed_out = true;
+                        stopping = true;
+                    }
+                    // Kick again: a kick that landed outside KVM_RUN is not lost for long.
+                    Self::stop_all(threads, &finished);
+                }
+            }
+        }
+        outcomes.into_iter().flatten().collect()
+    }
+}

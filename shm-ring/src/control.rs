@@ -1,0 +1,180 @@
+//! The per-OS control block in the shared segment: boot state, a report, and the host mailbox.
+//!
+//! Each OS has one [`ControlBlock`] (at `SharedLayout::control_a` / `control_b`). It is the only
+//! place where an OS tells the host and its peer how it is doing:
+//!
+//! - `state` ([`OsState`]), written by the OS: booting, ready (its local APIC accepts IPIs, so
+//!   the peer may now signal it), done or failed;
+//! - `report`, written by the OS: counters of the running workload (see [`report`] for the
+//!   meaning of each slot), which the host reads when the OS says it published one;
+//! - `request` / `reply`: the host's mailbox (a sequence number per direction).
+//!
+//! Every field is an atomic in guest memory and is read through [`ControlView`], which never
+//! forms a reference to memory outside the block. Values read by the host are untrusted.
+
+use core::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+
+/// Size reserved for one control block in the shared segment.
+pub const CONTROL_BLOCK_SIZE: u64 = 4096;
+
+/// Number of report slots.
+pub const REPORT_SLOTS: usize = 32;
+
+/// How far an OS has come. Written by the OS, read by its peer and the host.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u32)]
+pub enum OsState {
+    /// Not yet initialised (the host zeroes the block).
+    Booting = 0,
+    /// Interrupts are set up: the peer may send IPIs.
+    Ready = 1,
+    /// The workload finished successfully.
+    Done = 2,
+    /// The workload failed; the report says why.
+    Failed = 3,
+}
+
+impl OsState {
+    /// The state for a raw value, if it is one.
+    pub const fn from_u32(value: u32) -> Option<OsState> {
+        match value {
+            0 => Some(OsState::Booting),
+            1 => Some(OsState::Ready),
+            2 => Some(OsState::Done),
+            3 => Some(OsState::Failed),
+            _ => None,
+        }
+    }
+}
+
+/// Meaning of each report slot.
+pub mod report {
+    /// Descriptors produced (OS A) or consumed (OS B) by the ring benchmark.
+    pub const DESCRIPTORS: usize = 0;
+    /// Payload bytes moved.
+    pub const BYTES: usize = 1;
+    /// Descriptors whose payload checked out (sequence and checksum).
+    pub const VERIFIED: usize = 2;
+    /// Descriptors rejected (bad bounds, bad payload, bad sequence).
+    pub const REJECTED: usize = 3;
+    /// IPIs this OS sent.
+    pub const IPIS_SENT: usize = 4;
+    /// IPIs this OS received.
+    pub const IPIS_RECEIVED: usize = 5;
+    /// TSC ticks from the first to the last descriptor.
+    pub const ELAPSED_TSC: usize = 6;
+    /// Times this OS went to sleep waiting on a ring.
+    pub const SLEEPS: usize = 7;
+    /// The first error code this OS saw (see the kernel's docs), or 0.
+    pub const FIRST_ERROR: usize = 8;
+}
+
+/// The block as laid out in memory.
+#[derive(Debug)]
+#[repr(C)]
+pub struct ControlBlock {
+    /// [`OsState`], written by the OS.
+    pub state: AtomicU32,
+    /// Bumped by the OS each time it publishes `report`.
+    pub report_sequence: AtomicU32,
+    /// Bumped by the host for each request it writes.
+    pub request_sequence: AtomicU32,
+    /// Set by the OS to the `request_sequence` it answered.
+    pub reply_sequence: AtomicU32,
+    /// Workload counters, written by the OS; see [`report`].
+    pub report: [AtomicU64; REPORT_SLOTS],
+}
+
+const _: () = assert!(size_of::<ControlBlock>() as u64 <= CONTROL_BLOCK_SIZE);
+
+/// A handle on a control block in shared memory.
+#[derive(Clone, Copy, Debug)]
+pub struct ControlView {
+    block: *const ControlBlock,
+}
+
+// SAFETY: every access goes through atomics; the block is shared memory by design.
+unsafe impl Send for ControlView {}
+// SAFETY: as above.
+unsafe impl Sync for ControlView {}
+
+impl ControlView {
+    /// A view of the block at `address`.
+    ///
+    /// # Safety
+    /// `address` must be 8-byte aligned and point at [`CONTROL_BLOCK_SIZE`] bytes of memory that
+    /// stays mapped (and is only accessed atomically) for as long as the view is used.
+    pub const unsafe fn new(address: *mut u8) -> ControlView {
+        ControlView {
+            block: address.cast(),
+        }
+    }
+
+    fn block(&self) -> &ControlBlock {
+        // SAFETY: `new`'s contract: the block is mapped, aligned, and only accessed through
+        // atomics, and every bit pattern is a valid `ControlBlock`.
+        unsafe { &*self.block }
+    }
+
+    /// The raw state value (untrusted: see [`OsState::from_u32`]).
+    pub fn state(&self) -> u32 {
+        self.block().state.load(Ordering::Acquire)
+    }
+
+    /// Publishes a new state.
+    pub fn set_state(&self, state: OsState) {
+        self.block().state.store(state as u32, Ordering::Release);
+    }
+
+    /// Reads report slot `slot` (0 if out of range).
+    pub fn report(&self, slot: usize) -> u64 {
+        match self.block().report.get(slot) {
+            Some(value) => value.load(Ordering::Relaxed),
+            None => 0,
+        }
+    }
+
+    /// Writes report slot `slot` (ignored if out of range).
+    pub fn set_report(&self, slot: usize, value: u64) {
+        if let Some(cell) = self.block().report.get(slot) {
+            cell.store(value, Ordering::Relaxed);
+        }
+    }
+
+    /// Publishes the report: everything written before is visible to a reader of the sequence.
+    pub fn publish_report(&self) {
+        self.block().report_sequence.fetch_add(1, Ordering::Release);
+    }
+
+    /// How many reports were published.
+    pub fn report_sequence(&self) -> u32 {
+        self.block().report_sequence.load(Ordering::Acquire)
+    }
+
+    /// A snapshot of every report slot.
+    pub fn reports(&self) -> [u64; REPORT_SLOTS] {
+        core::array::from_fn(|slot| self.report(slot))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn state_and_report_round_trip() {
+        let mut memory = vec![0u64; CONTROL_BLOCK_SIZE as usize / 8];
+        // SAFETY: the vector is aligned, large enough and outlives the view.
+        let view = unsafe { ControlView::new(memory.as_mut_ptr().cast()) };
+        assert_eq!(OsState::from_u32(view.state()), Some(OsState::Booting));
+        view.set_state(OsState::Ready);
+        assert_eq!(OsState::from_u32(view.state()), Some(OsState::Ready));
+        view.set_report(report::VERIFIED, 42);
+        view.set_report(REPORT_SLOTS, 1);
+        view.publish_report();
+        assert_eq!(view.report(report::VERIFIED), 42);
+        assert_eq!(view.report(REPORT_SLOTS + 5), 0);
+        assert_eq!(view.report_sequence(), 1);
+        assert_eq!(OsState::from_u32(7), None);
+    }
+}
