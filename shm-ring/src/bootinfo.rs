@@ -18,8 +18,9 @@ pub const BOOT_INFO_VERSION: u32 = 1;
 /// Where each shared structure lives, as offsets from the shared segment's base.
 ///
 /// Written by the host at VM build time, never changed afterwards.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
-#[derive(FromBytes, IntoBytes, Immutable, KnownLayout)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, Default, FromBytes, IntoBytes, Immutable, KnownLayout,
+)]
 #[repr(C)]
 pub struct SharedLayout {
     /// Control mailbox of OS A (host request, OS reply).
@@ -45,8 +46,9 @@ pub struct SharedLayout {
 }
 
 /// Network configuration for OS B.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
-#[derive(FromBytes, IntoBytes, Immutable, KnownLayout)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, Default, FromBytes, IntoBytes, Immutable, KnownLayout,
+)]
 #[repr(C)]
 pub struct NetConfig {
     /// MAC address of the virtio-net device.
@@ -62,8 +64,9 @@ pub struct NetConfig {
 }
 
 /// What an OS runs after boot. The meaning of `args` depends on `kind`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
-#[derive(FromBytes, IntoBytes, Immutable, KnownLayout)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, Default, FromBytes, IntoBytes, Immutable, KnownLayout,
+)]
 #[repr(C)]
 pub struct Workload {
     /// A [`WorkloadKind`] value.
@@ -110,8 +113,7 @@ impl WorkloadKind {
 }
 
 /// The boot information block. Written by the host, read-only for the guest.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-#[derive(FromBytes, IntoBytes, Immutable, KnownLayout)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout)]
 #[repr(C)]
 pub struct BootInfo {
     /// [`BOOT_INFO_MAGIC`].
@@ -161,10 +163,9 @@ impl core::fmt::Display for BootInfoError {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         match self {
             BootInfoError::BadMagic(magic) => write!(f, "boot info magic {magic:#x} is wrong"),
-            BootInfoError::BadVersion(version) => write!(
-                f,
-                "boot info version {version} is not {BOOT_INFO_VERSION}"
-            ),
+            BootInfoError::BadVersion(version) => {
+                write!(f, "boot info version {version} is not {BOOT_INFO_VERSION}")
+            }
             BootInfoError::BadRole(role) => write!(f, "boot info role {role} is not 0 or 1"),
             BootInfoError::BadRegion(what) => write!(f, "boot info region {what} is invalid"),
         }
@@ -184,7 +185,10 @@ impl BootInfo {
         if self.segment.size == 0 || self.segment.end().is_none() {
             return Err(BootInfoError::BadRegion("segment"));
         }
-        if !self.segment.contains_range(self.stack.base, self.stack.size) || self.stack.size == 0
+        if !self
+            .segment
+            .contains_range(self.stack.base, self.stack.size)
+            || self.stack.size == 0
         {
             return Err(BootInfoError::BadRegion("stack"));
         }
