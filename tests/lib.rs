@@ -1,1 +1,68 @@
-//! Helpers shared by the end-to-end tests.
+//! Helpers shared by duovm's end-to-end tests: KVM detection, guest images built once per test
+//! process, and VM configurations.
+
+use std::path::PathBuf;
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use host_agent::images;
+use host_agent::vm::{RunReport, Vm, VmConfig, control_only_layout};
+use shm_ring::bootinfo::{NetConfig, SharedLayout, Workload, WorkloadKind};
+use shm_ring::layout::MemoryMap;
+
+/// Whether this machine can run the KVM tests. When it cannot, says so loudly.
+pub fn kvm_available(test: &str) -> bool {
+    let available = std::fs::OpenOptions::new().read(true).write(true).open("/dev/kvm").is_ok();
+    if !available {
+        eprintln!();
+        eprintln!("!!!! SKIPPED {test}: /dev/kvm is not available on this machine. !!!!");
+        eprintln!("!!!! This test needs KVM; it proves nothing here.               !!!!");
+        eprintln!();
+    }
+    available
+}
+
+/// The guest kernels, built once per test process into a private directory.
+pub fn guest_images() -> [Vec<u8>; 2] {
+    static IMAGES: OnceLock<[Vec<u8>; 2]> = OnceLock::new();
+    IMAGES
+        .get_or_init(|| {
+            let dir = std::env::temp_dir().join(format!("duovm-test-images-{}", std::process::id()));
+            let paths = images::build(&dir, false).expect("build the guest images");
+            let bytes = images::read(&paths).expect("read the guest images");
+            let _ = std::fs::remove_dir_all(&dir);
+            bytes
+        })
+        .clone()
+}
+
+/// A workload of `kind` with arguments.
+pub fn workload(kind: WorkloadKind, args: &[u64]) -> Workload {
+    let mut workload = Workload { kind: kind as u32, ..Workload::default() };
+    workload.args[..args.len()].copy_from_slice(args);
+    workload
+}
+
+/// A VM configuration with default memory and the given workloads and shared layout.
+pub fn config(workloads: [Workload; 2], shared_layout: Option<SharedLayout>) -> VmConfig {
+    VmConfig {
+        memory: MemoryMap::default(),
+        images: guest_images(),
+        workloads,
+        shared_layout: shared_layout.unwrap_or_else(control_only_layout),
+        net: NetConfig::default(),
+        echo_serial: true,
+        measure_fast_path: false,
+    }
+}
+
+/// Builds and runs a VM.
+pub fn run(config: &VmConfig, timeout: Duration) -> RunReport {
+    let vm = Vm::build(config).expect("build the VM");
+    vm.run(timeout).expect("run the VM")
+}
+
+/// The repository root.
+pub fn source_root() -> PathBuf {
+    images::source_root()
+}
