@@ -11,6 +11,7 @@
 //! - [`images`]: finding and building the guest kernels.
 
 pub mod arch;
+pub mod devices;
 pub mod exits;
 pub mod images;
 pub mod loader;

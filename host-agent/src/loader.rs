@@ -97,11 +97,16 @@ pub struct LoadedImage {
     pub end: u64,
 }
 
-/// Checks `image` and returns its loadable segments as (guest address, file bytes, memory size).
-fn segments<'a>(
-    image: &'a [u8],
-    allowed: Region,
-) -> Result<(u64, Vec<(u64, &'a [u8], u64, bool)>), LoadError> {
+/// One loadable segment of a checked image.
+struct Segment<'a> {
+    address: u64,
+    bytes: &'a [u8],
+    memory_size: u64,
+    executable: bool,
+}
+
+/// Checks `image` and returns its entry point and loadable segments.
+fn segments(image: &[u8], allowed: Region) -> Result<(u64, Vec<Segment<'_>>), LoadError> {
     let (header, _) = FileHeader::read_from_prefix(image).map_err(|_| LoadError::BadMagic)?;
     if header.ident[..4] != ELF_MAGIC {
         return Err(LoadError::BadMagic);
@@ -156,14 +161,15 @@ fn segments<'a>(
             .and_then(|end| image.get(offset..end))
             .ok_or(LoadError::Truncated("segment"))?;
         let executable = program.flags.get() & FLAG_EXECUTE != 0;
-        loads.push((address, bytes, memory_size, executable));
+        loads.push(Segment { address, bytes, memory_size, executable });
     }
     if loads.is_empty() {
         return Err(LoadError::NoSegments);
     }
     let entry = header.entry.get();
-    let entry_ok = loads.iter().any(|(address, _, size, executable)| {
-        *executable && Region::new(*address, *size).contains_range(entry, 1)
+    let entry_ok = loads.iter().any(|segment| {
+        segment.executable
+            && Region::new(segment.address, segment.memory_size).contains_range(entry, 1)
     });
     if !entry_ok {
         return Err(LoadError::BadEntry(entry));
@@ -179,13 +185,14 @@ pub fn load_elf(
 ) -> Result<LoadedImage, LoadError> {
     let (entry, loads) = segments(image, allowed)?;
     let mut end = 0;
-    for (address, bytes, memory_size, _) in loads {
-        memory.write(GuestAddress(address), bytes)?;
-        let tail = memory_size - bytes.len() as u64;
+    for segment in loads {
+        let file_end = segment.address + segment.bytes.len() as u64;
+        memory.write(GuestAddress(segment.address), segment.bytes)?;
+        let tail = segment.memory_size - segment.bytes.len() as u64;
         if tail > 0 {
-            memory.zero(GuestAddress(address + bytes.len() as u64), tail)?;
+            memory.zero(GuestAddress(file_end), tail)?;
         }
-        end = end.max(address + memory_size);
+        end = end.max(segment.address + segment.memory_size);
     }
     Ok(LoadedImage { entry, end })
 }
@@ -252,7 +259,7 @@ mod tests {
         bad[18] = 40; // ARM
         assert!(matches!(check(bad), LoadError::WrongKind(_)));
         let mut bad = image();
-        bad[64 + 16..64 + 24].copy_from_slice(&0x4000_0000u64.to_le_bytes());
+        bad[64 + 24..64 + 32].copy_from_slice(&0x4000_0000u64.to_le_bytes());
         assert!(matches!(check(bad), LoadError::SegmentOutside { .. }));
         let mut bad = image();
         bad[64 + 8..64 + 16].copy_from_slice(&u64::MAX.to_le_bytes());

@@ -2,7 +2,7 @@
 //!
 //! Guest-physical addresses ([`GuestAddress`]) and host pointers never mix: every access goes
 //! through [`GuestMemory`], which checks that the whole range lies inside one region and then
-//! copies with volatile semantics. Guest memory is shared with running vCPUs, so nothing here
+//! copies through raw pointers. Guest memory is shared with running vCPUs, so nothing here
 //! hands out a `&[u8]` into it. The memfd lets snapshot and migration back-ends map the same
 //! memory.
 
@@ -161,29 +161,22 @@ impl GuestMemory {
     }
 
     /// Copies guest memory at `address` into `buffer`.
+    ///
+    /// A vCPU may write the same bytes concurrently; the copy may then be torn, which callers
+    /// treat like any other untrusted guest data.
     pub fn read(&self, address: GuestAddress, buffer: &mut [u8]) -> Result<(), MemoryError> {
         let source = self.host_pointer(address, buffer.len() as u64)?;
-        for (index, byte) in buffer.iter_mut().enumerate() {
-            // SAFETY: `source..source + buffer.len()` is inside the mapping; volatile because a
-            // vCPU may write the same bytes concurrently.
-            *byte = unsafe { source.add(index).read_volatile() };
-        }
+        // SAFETY: `source..source + buffer.len()` is inside the mapping (checked by
+        // `host_pointer`) and cannot overlap `buffer`, which is host memory.
+        unsafe { std::ptr::copy_nonoverlapping(source, buffer.as_mut_ptr(), buffer.len()) };
         Ok(())
     }
 
     /// Copies `data` into guest memory at `address`.
     pub fn write(&self, address: GuestAddress, data: &[u8]) -> Result<(), MemoryError> {
         let destination = self.host_pointer(address, data.len() as u64)?;
-        if data.len() >= 256 {
-            // SAFETY: the destination range is inside the mapping and cannot overlap `data`,
-            // which is host memory; bulk copies are used only while building the VM.
-            unsafe { std::ptr::copy_nonoverlapping(data.as_ptr(), destination, data.len()) };
-            return Ok(());
-        }
-        for (index, byte) in data.iter().enumerate() {
-            // SAFETY: as in `read`.
-            unsafe { destination.add(index).write_volatile(*byte) };
-        }
+        // SAFETY: the destination range is inside the mapping and cannot overlap `data`.
+        unsafe { std::ptr::copy_nonoverlapping(data.as_ptr(), destination, data.len()) };
         Ok(())
     }
 

@@ -173,7 +173,7 @@ impl PageTableBuilder {
         size: u64,
         access: Access,
     ) -> Result<(), PagingError> {
-        if address % SMALL != 0 || size % SMALL != 0 || address.checked_add(size).is_none() {
+        if !address.is_multiple_of(SMALL) || !size.is_multiple_of(SMALL) || address.checked_add(size).is_none() {
             return Err(PagingError::Unaligned { address, size });
         }
         let end = address + size;
@@ -185,7 +185,7 @@ impl PageTableBuilder {
             let pml4 = self.base;
             let pdpt = self.next_level(pml4, index(virt, 39))?;
             let directory = self.next_level(pdpt, index(virt, 30))?;
-            if virt % LARGE == 0 && end - virt >= LARGE {
+            if virt.is_multiple_of(LARGE) && end - virt >= LARGE {
                 self.set_leaf(
                     directory,
                     index(virt, 21),
@@ -312,7 +312,7 @@ mod tests {
 
     #[test]
     fn rejects_bad_requests() {
-        let mut builder = PageTableBuilder::new(0x1000, 0x2000).unwrap();
+        let mut builder = PageTableBuilder::new(0x1000, 0x3000).unwrap();
         assert!(matches!(
             builder.identity_map(0x1001, 0x1000, Access::DATA),
             Err(PagingError::Unaligned { .. })
@@ -332,10 +332,10 @@ mod tests {
             builder.identity_map(0x40_0000, 0x1000, Access::DATA),
             Err(PagingError::AlreadyMapped(_))
         ));
-        // Only one more table fits: mapping somewhere needing two new tables fails cleanly.
+        // The three tables are used up: mapping under another PML4 entry fails cleanly.
         assert_eq!(
             builder.identity_map(0x80_0000_0000, 0x1000, Access::DATA),
-            Err(PagingError::OutOfSpace(0x2000))
+            Err(PagingError::OutOfSpace(0x3000))
         );
     }
 }

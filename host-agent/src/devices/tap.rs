@@ -1,0 +1,136 @@
+//! A Linux TAP interface as a [`NetBackend`].
+//!
+//! [`Tap::open`] attaches to (or creates) the TAP interface `name` through `/dev/net/tun` with
+//! `IFF_TAP | IFF_NO_PI`: every `read` returns one Ethernet frame and every `write` sends one,
+//! with no packet-information prefix and no virtio header. The descriptor is non-blocking.
+//!
+//! The agent does not configure the interface: bringing the link up and giving it addresses is
+//! the user's job (or a test's), for example
+//!
+//! ```text
+//! ip link set dev NAME up
+//! ip addr add 10.0.0.1/24 dev NAME
+//! ```
+//!
+//! Opening needs `CAP_NET_ADMIN` unless the interface was made persistent for this user
+//! (`ip tuntap add dev NAME mode tap user USER`). A non-persistent interface disappears when the
+//! last descriptor to it is closed.
+
+use std::fs::{File, OpenOptions};
+use std::io::{ErrorKind, Read, Write};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
+use std::os::unix::fs::OpenOptionsExt;
+
+use crate::devices::net_backend::{BackendError, NetBackend};
+
+/// The clone device.
+pub const TUN_DEVICE: &str = "/dev/net/tun";
+
+/// Why a TAP interface could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum TapError {
+    /// The name is empty, too long, or contains a NUL.
+    #[error("TAP interface name {0:?} is empty, longer than 15 bytes or contains a NUL")]
+    BadName(String),
+    /// `/dev/net/tun` could not be opened.
+    #[error("cannot open {TUN_DEVICE}")]
+    Open(#[source] std::io::Error),
+    /// `TUNSETIFF` failed (no permission, or the name belongs to another kind of interface).
+    #[error("cannot attach to TAP interface {name}")]
+    Attach {
+        /// The interface.
+        name: String,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// An open TAP interface.
+#[derive(Debug)]
+pub struct Tap {
+    file: File,
+    name: String,
+}
+
+impl Tap {
+    /// Attaches to the TAP interface `name`, creating it if it does not exist.
+    pub fn open(name: &str) -> Result<Tap, TapError> {
+        let bytes = name.as_bytes();
+        if bytes.is_empty() || bytes.len() >= libc::IFNAMSIZ || bytes.contains(&0) {
+            return Err(TapError::BadName(name.to_owned()));
+        }
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
+            .open(TUN_DEVICE)
+            .map_err(TapError::Open)?;
+
+        // SAFETY: `ifreq` is plain old data (arrays, integers, a union of those and pointers);
+        // all zeroes is a valid value of it.
+        let mut request: libc::ifreq = unsafe { std::mem::zeroed() };
+        for (slot, byte) in request.ifr_name.iter_mut().zip(bytes) {
+            *slot = *byte as libc::c_char;
+        }
+        request.ifr_ifru.ifru_flags = (libc::IFF_TAP | libc::IFF_NO_PI) as libc::c_short;
+        // SAFETY: TUNSETIFF reads and writes one `ifreq`, which `request` is, and keeps no
+        // pointer to it after returning; the descriptor is the open clone device.
+        let result = unsafe { libc::ioctl(file.as_raw_fd(), libc::TUNSETIFF, &mut request) };
+        if result < 0 {
+            return Err(TapError::Attach {
+                name: name.to_owned(),
+                source: std::io::Error::last_os_error(),
+            });
+        }
+        Ok(Tap {
+            file,
+            name: name.to_owned(),
+        })
+    }
+
+    /// The interface's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+}
+
+impl NetBackend for Tap {
+    fn send(&mut self, frame: &[u8]) -> Result<(), BackendError> {
+        match self.file.write(frame) {
+            Ok(_) => Ok(()),
+            Err(error) if error.kind() == ErrorKind::WouldBlock => Err(BackendError::Full),
+            Err(error) => Err(BackendError::Io(error)),
+        }
+    }
+
+    fn receive(&mut self, buffer: &mut [u8]) -> Result<Option<usize>, BackendError> {
+        loop {
+            match self.file.read(buffer) {
+                Ok(len) => return Ok(Some(len)),
+                Err(error) if error.kind() == ErrorKind::WouldBlock => return Ok(None),
+                Err(error) if error.kind() == ErrorKind::Interrupted => continue,
+                Err(error) => return Err(BackendError::Io(error)),
+            }
+        }
+    }
+
+    fn ready_fd(&self) -> BorrowedFd<'_> {
+        self.file.as_fd()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rejects_bad_names() {
+        for name in ["", "a-name-that-is-too-long", "nul\0"] {
+            assert!(
+                matches!(Tap::open(name), Err(TapError::BadName(_))),
+                "{name:?}"
+            );
+        }
+    }
+}
