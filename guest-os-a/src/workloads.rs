@@ -2,17 +2,28 @@
 
 use guest_rt::exit::{self, Status};
 use guest_rt::peer::Peer;
+use guest_rt::ring::IpiPlatform;
 use guest_rt::{Platform, println};
 use shm_ring::bootinfo::WorkloadKind;
-use shm_ring::control::OsState;
+use shm_ring::control::{OsState, report};
 use shm_ring::layout::Role;
+use shm_ring::pool::PoolOwner;
+use shm_ring::stream::{self, StreamParams};
+
+/// Owner bookkeeping words: enough for 32768 buffers.
+const POOL_STORAGE_WORDS: usize = 1024;
 
 /// Runs the workload named in the boot info and ends the OS.
 pub fn run(platform: &Platform) -> ! {
     let peer = Peer::new(platform);
     peer.announce_ready();
-    match WorkloadKind::from_u32(platform.boot_info.workload.kind) {
+    let workload = platform.boot_info.workload;
+    match WorkloadKind::from_u32(workload.kind) {
         Some(WorkloadKind::Hello) => hello(&peer),
+        Some(kind @ (WorkloadKind::RingBench | WorkloadKind::HostileDescriptor)) => {
+            let hostile = (kind == WorkloadKind::HostileDescriptor).then_some(workload.args[3]);
+            ring_producer(platform, &peer, hostile)
+        }
         Some(WorkloadKind::TouchPeerSegment) => touch_peer_segment(),
         Some(WorkloadKind::TripleFault) => guest_rt::cpu::triple_fault(),
         Some(WorkloadKind::Spin) => spin(),
@@ -21,7 +32,7 @@ pub fn run(platform: &Platform) -> ! {
             finish(&peer, Status::Failed)
         }
         None => {
-            println!("unknown workload {}", platform.boot_info.workload.kind);
+            println!("unknown workload {}", workload.kind);
             finish(&peer, Status::Failed)
         }
     }
@@ -49,6 +60,69 @@ fn hello(peer: &Peer) -> ! {
         Peer::ipis_received()
     );
     finish(peer, Status::Success)
+}
+
+/// Produces the verified descriptor stream for OS B (args: count, payload size, batch; for the
+/// hostile test, `hostile_after` is where one descriptor outside the pool goes).
+fn ring_producer(platform: &Platform, peer: &Peer, hostile_after: Option<u64>) -> ! {
+    let args = platform.boot_info.workload.args;
+    let params = StreamParams {
+        descriptors: args[0],
+        payload: args[1] as usize,
+        batch: args[2] as u32,
+        hostile_after,
+    };
+    let mut endpoint = match guest_rt::ring::attach(platform) {
+        Ok(endpoint) => endpoint,
+        Err(error) => {
+            println!("cannot attach the rings: {error}");
+            finish(peer, Status::Failed)
+        }
+    };
+    let mut storage = [0u64; POOL_STORAGE_WORDS];
+    let mut owner = match PoolOwner::new(endpoint.own_pool, &mut storage[..]) {
+        Ok(owner) => owner,
+        Err(error) => {
+            println!("cannot own pool A: {error}");
+            finish(peer, Status::Failed)
+        }
+    };
+    println!(
+        "ring: producing {} descriptors of {} bytes in batches of {}",
+        params.descriptors, params.payload, params.batch
+    );
+    peer.wait_ready();
+    let mut ipi = IpiPlatform::new(*peer);
+    let result = stream::produce(
+        &mut endpoint.tx,
+        &mut endpoint.tx_return,
+        &mut owner,
+        &params,
+        &mut ipi,
+    );
+    let own = &peer.own;
+    match result {
+        Ok(stats) => {
+            own.set_report(report::DESCRIPTORS, stats.descriptors);
+            own.set_report(report::BYTES, stats.bytes);
+            own.set_report(report::IPIS_SENT, Peer::ipis_sent());
+            own.set_report(report::IPIS_RECEIVED, Peer::ipis_received());
+            own.set_report(report::ELAPSED_TSC, stats.elapsed);
+            own.set_report(report::SLEEPS, stats.sleeps);
+            own.publish_report();
+            println!(
+                "ring: produced {} descriptors, every buffer came back; {} IPIs sent, {} received",
+                stats.descriptors,
+                Peer::ipis_sent(),
+                Peer::ipis_received()
+            );
+            finish(peer, Status::Success)
+        }
+        Err(error) => {
+            println!("ring: producer stopped: {error}");
+            finish(peer, Status::Failed)
+        }
+    }
 }
 
 /// Reads the first word of OS B's segment, which is not mapped for OS A: this must fault.

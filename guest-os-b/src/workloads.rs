@@ -2,15 +2,25 @@
 
 use guest_rt::exit::{self, Status};
 use guest_rt::peer::Peer;
+use guest_rt::ring::IpiPlatform;
 use guest_rt::{Platform, println};
 use shm_ring::bootinfo::WorkloadKind;
-use shm_ring::control::OsState;
+use shm_ring::control::{OsState, report};
+use shm_ring::stream::{self, StreamParams};
+
+/// Rejections logged before the rest are only counted.
+const REJECTIONS_LOGGED: u64 = 8;
 
 /// Runs the workload named in the boot info and ends the OS.
 pub fn run(platform: &Platform) -> ! {
     let peer = Peer::new(platform);
     peer.announce_ready();
-    match WorkloadKind::from_u32(platform.boot_info.workload.kind) {
+    let workload = platform.boot_info.workload;
+    match WorkloadKind::from_u32(workload.kind) {
+        Some(kind @ (WorkloadKind::RingBench | WorkloadKind::HostileDescriptor)) => {
+            let hostile = (kind == WorkloadKind::HostileDescriptor).then_some(workload.args[3]);
+            ring_consumer(platform, &peer, hostile)
+        }
         // OS B idles through OS A's fault tests: the host ends the VM when OS A fails.
         Some(
             WorkloadKind::Hello
@@ -23,7 +33,7 @@ pub fn run(platform: &Platform) -> ! {
             finish(&peer, Status::Failed)
         }
         None => {
-            println!("unknown workload {}", platform.boot_info.workload.kind);
+            println!("unknown workload {}", workload.kind);
             finish(&peer, Status::Failed)
         }
     }
@@ -47,4 +57,67 @@ fn hello(peer: &Peer) -> ! {
     peer.wait_ready();
     peer.signal();
     finish(peer, Status::Success)
+}
+
+/// Consumes and verifies OS A's descriptor stream.
+fn ring_consumer(platform: &Platform, peer: &Peer, hostile_after: Option<u64>) -> ! {
+    let args = platform.boot_info.workload.args;
+    let params = StreamParams {
+        descriptors: args[0],
+        payload: args[1] as usize,
+        batch: args[2] as u32,
+        hostile_after,
+    };
+    let mut endpoint = match guest_rt::ring::attach(platform) {
+        Ok(endpoint) => endpoint,
+        Err(error) => {
+            println!("cannot attach the rings: {error}");
+            finish(peer, Status::Failed)
+        }
+    };
+    peer.wait_ready();
+    let mut ipi = IpiPlatform::new(*peer);
+    let pool = endpoint.peer_pool;
+    let mut logged = 0;
+    let result = stream::consume(
+        &mut endpoint.rx,
+        &mut endpoint.rx_return,
+        &pool,
+        &params,
+        &mut ipi,
+        |index, rejection| {
+            if logged < REJECTIONS_LOGGED {
+                logged += 1;
+                println!("ring: rejected descriptor #{index}: {rejection}");
+            }
+        },
+    );
+    let own = &peer.own;
+    match result {
+        Ok(stats) => {
+            own.set_report(report::DESCRIPTORS, stats.descriptors);
+            own.set_report(report::BYTES, stats.bytes);
+            own.set_report(report::VERIFIED, stats.verified);
+            own.set_report(report::REJECTED, stats.rejected);
+            own.set_report(report::IPIS_SENT, Peer::ipis_sent());
+            own.set_report(report::IPIS_RECEIVED, Peer::ipis_received());
+            own.set_report(report::ELAPSED_TSC, stats.elapsed);
+            own.set_report(report::SLEEPS, stats.sleeps);
+            own.set_report(report::FIRST_ERROR, stats.first_rejection);
+            own.publish_report();
+            println!(
+                "ring: consumed {} descriptors: {} verified, {} rejected; {} IPIs sent, {} received",
+                stats.descriptors,
+                stats.verified,
+                stats.rejected,
+                Peer::ipis_sent(),
+                Peer::ipis_received()
+            );
+            finish(peer, Status::Success)
+        }
+        Err(error) => {
+            println!("ring: consumer stopped: {error}");
+            finish(peer, Status::Failed)
+        }
+    }
 }

@@ -27,6 +27,7 @@ mod gdt;
 pub mod interrupts;
 pub mod lapic;
 pub mod peer;
+pub mod ring;
 pub mod serial;
 pub mod time;
 

@@ -16,6 +16,7 @@ pub mod exits;
 pub mod images;
 pub mod loader;
 pub mod memory;
+pub mod ringbench;
 pub mod serial;
 pub mod vcpu;
 pub mod vm;

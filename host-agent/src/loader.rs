@@ -161,7 +161,12 @@ fn segments(image: &[u8], allowed: Region) -> Result<(u64, Vec<Segment<'_>>), Lo
             .and_then(|end| image.get(offset..end))
             .ok_or(LoadError::Truncated("segment"))?;
         let executable = program.flags.get() & FLAG_EXECUTE != 0;
-        loads.push(Segment { address, bytes, memory_size, executable });
+        loads.push(Segment {
+            address,
+            bytes,
+            memory_size,
+            executable,
+        });
     }
     if loads.is_empty() {
         return Err(LoadError::NoSegments);

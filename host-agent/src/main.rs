@@ -7,9 +7,11 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use host_agent::images;
-use host_agent::vm::{RunReport, Vm, VmConfig, control_only_layout};
+use host_agent::ringbench::{self, RingBenchParams, RingBenchReport};
+use host_agent::vm::{RunReport, Vm, VmConfig};
 use shm_ring::bootinfo::{NetConfig, Workload, WorkloadKind};
 use shm_ring::layout::{MemoryMap, Role};
+use shm_ring::shared::SharedConfig;
 
 /// duovm's host agent: runs two bare-metal OSes in one KVM virtual machine.
 ///
@@ -29,6 +31,14 @@ enum Command {
     Demo(DemoArgs),
     /// Boot the pair and run one workload (for diagnostics and tests).
     Run(RunArgs),
+    /// Move descriptors from OS A to OS B through the shared ring and measure it.
+    ///
+    /// OS A fills pool buffers with numbered, checksummed payloads and posts them in batches;
+    /// OS B validates and verifies every one and returns the buffers. IPIs are sent only when
+    /// the other side sleeps. JSON keys: descriptors, bytes, size, batch, seconds,
+    /// descriptors_per_sec, ipis_sent, ipis_per_1000_descriptors, sleeps, rejected, exits,
+    /// verified, success, run_seconds.
+    RingBench(RingBenchArgs),
     /// Build the guest kernels into the image directory.
     BuildImages {
         /// Where to put them.
@@ -78,6 +88,21 @@ enum WorkloadArg {
 }
 
 #[derive(Debug, Args)]
+struct RingBenchArgs {
+    /// Descriptors to move.
+    #[arg(long, default_value_t = 100_000)]
+    descriptors: u64,
+    /// Payload bytes per descriptor (16 to 2048).
+    #[arg(long, default_value_t = 64)]
+    size: u64,
+    /// Descriptors per batch.
+    #[arg(long, default_value_t = 32)]
+    batch: u64,
+    #[command(flatten)]
+    vm: VmArgs,
+}
+
+#[derive(Debug, Args)]
 struct RunArgs {
     /// What to run.
     #[arg(long, value_enum, default_value = "hello")]
@@ -109,7 +134,7 @@ impl VmArgs {
             memory: self.memory()?,
             images,
             workloads,
-            shared_layout: control_only_layout(),
+            shared: SharedConfig::default(),
             net: NetConfig::default(),
             echo_serial: !self.quiet && !self.json,
             measure_fast_path: false,
@@ -161,6 +186,56 @@ fn run_workload(args: &RunArgs) -> Result<RunReport> {
     Ok(vm.run(args.vm.timeout())?)
 }
 
+fn print_ring_report(report: &RingBenchReport) {
+    println!(
+        "ring: {} descriptors of {} B in batches of {}: {} ({} rejected)",
+        report.descriptors,
+        report.size,
+        report.batch,
+        if report.verified {
+            "every payload verified"
+        } else {
+            "NOT verified"
+        },
+        report.rejected
+    );
+    println!(
+        "ring: {:.3} s in the guests, {:.0} descriptors/s; {} IPIs ({:.3} per 1000 descriptors), {} sleeps",
+        report.seconds,
+        report.descriptors_per_sec,
+        report.ipis_sent,
+        report.ipis_per_1000_descriptors,
+        report.sleeps
+    );
+    if let Some(total) = report.exits.get("total") {
+        println!(
+            "ring: {} exits to user space in all ({} fast path, {} supervisor)",
+            total.total, total.fast_path, total.supervisor_path
+        );
+    }
+}
+
+fn ring_bench(args: &RingBenchArgs) -> Result<bool> {
+    if !(16..=2048).contains(&args.size) || args.batch == 0 || args.descriptors == 0 {
+        anyhow::bail!("--size must be 16 to 2048, --batch and --descriptors at least 1");
+    }
+    let params = RingBenchParams {
+        descriptors: args.descriptors,
+        size: args.size,
+        batch: args.batch,
+        hostile_after: None,
+    };
+    let images = args.vm.images()?;
+    let config = args.vm.config(images, [Workload::default(); 2])?;
+    let (report, _) = ringbench::run(config, &params, args.vm.timeout())?;
+    if args.vm.json {
+        println!("{}", serde_json::to_string(&report)?);
+    } else {
+        print_ring_report(&report);
+    }
+    Ok(report.verified)
+}
+
 fn demo(args: &DemoArgs) -> Result<bool> {
     let images = args.vm.images()?;
     if !args.vm.json {
@@ -191,6 +266,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match &cli.command {
         Command::Demo(args) => demo(args),
+        Command::RingBench(args) => ring_bench(args),
         Command::Run(args) => run_workload(args).map(|report| {
             if args.vm.json {
                 println!("{}", serde_json::to_string(&report).unwrap_or_default());

@@ -26,6 +26,7 @@ use shm_ring::layout::{
     ExitStatus, LAPIC_BASE, LOW_MEMORY_SIZE, MemoryMap, PAGE_SIZE, PAGE_TABLES_SIZE, Region, Role,
     VIRTIO_MMIO_BASE, VIRTIO_MMIO_SIZE,
 };
+use shm_ring::shared::{SharedConfig, SharedError};
 use vmm_sys_util::signal::{Killable, SIGRTMIN, register_signal_handler};
 
 use crate::arch::cpu::{boot_gdt_bytes, boot_regs, long_mode_sregs, set_apic_id};
@@ -62,6 +63,9 @@ pub enum VmError {
     /// Guest memory failed.
     #[error("guest memory")]
     Memory(#[from] MemoryError),
+    /// The rings and pools do not fit the shared segment, or could not be set up.
+    #[error("shared segment: {0}")]
+    Shared(SharedError),
     /// A kernel image could not be loaded.
     #[error("cannot load the OS {os} image")]
     Load {
@@ -110,23 +114,14 @@ pub struct VmConfig {
     pub images: [Vec<u8>; 2],
     /// What each OS runs, OS A first.
     pub workloads: [Workload; 2],
-    /// Where things live in the shared segment.
-    pub shared_layout: SharedLayout,
+    /// Geometry of the rings and pools in the shared segment.
+    pub shared: SharedConfig,
     /// OS B's network configuration.
     pub net: NetConfig,
     /// Print guest serial output as it arrives.
     pub echo_serial: bool,
     /// Measure context switches around every fast-path exit (slow; for the exit benchmark).
     pub measure_fast_path: bool,
-}
-
-/// The shared layout with only the control blocks (enough for workloads without rings).
-pub fn control_only_layout() -> SharedLayout {
-    SharedLayout {
-        control_a: Region::new(0, CONTROL_BLOCK_SIZE),
-        control_b: Region::new(CONTROL_BLOCK_SIZE, CONTROL_BLOCK_SIZE),
-        ..SharedLayout::default()
-    }
 }
 
 /// A built VM, ready to run.
@@ -138,6 +133,7 @@ pub struct Vm {
     vcpus: Vec<VcpuFd>,
     map: MemoryMap,
     shared_layout: SharedLayout,
+    tsc_khz: u64,
     echo_serial: bool,
     measure_fast_path: bool,
 }
@@ -180,6 +176,8 @@ pub struct RunReport {
     pub seconds: f64,
     /// Accesses the supervisor answered for no device.
     pub unhandled_accesses: u64,
+    /// The TSC frequency of the guests, in kHz.
+    pub tsc_khz: u64,
 }
 
 impl RunReport {
@@ -270,6 +268,15 @@ impl Vm {
                 .map_err(kvm_error("set memory region"))?;
         }
 
+        let shared_layout =
+            SharedLayout::compute(map.shared.size, config.shared).map_err(VmError::Shared)?;
+        let shared_base = memory.host_pointer(GuestAddress(map.shared.base), map.shared.size)?;
+        // SAFETY: the pointer covers the whole shared segment inside `memory`, and no vCPU runs
+        // yet, so nothing else touches it.
+        unsafe { shm_ring::shared::init(shared_base, map.shared.size as usize, &shared_layout) }
+            .map_err(VmError::Shared)?;
+
+        let mut tsc_khz = 0;
         let supported = kvm
             .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
             .map_err(kvm_error("get CPUID"))?;
@@ -281,9 +288,9 @@ impl Vm {
             let mut cpuid = supported.clone();
             set_apic_id(&mut cpuid, role.vcpu_index());
             vcpu.set_cpuid2(&cpuid).map_err(kvm_error("set CPUID"))?;
-            let tsc_khz = vcpu.get_tsc_khz().map_err(kvm_error("get TSC frequency"))?;
+            tsc_khz = u64::from(vcpu.get_tsc_khz().map_err(kvm_error("get TSC frequency"))?);
             let (entry, stack_top, boot_info) =
-                prepare_os(&memory, config, role, u64::from(tsc_khz))?;
+                prepare_os(&memory, config, &shared_layout, role, tsc_khz)?;
             let sregs = vcpu.get_sregs().map_err(kvm_error("get sregs"))?;
             let cr3 = role.page_tables_address();
             vcpu.set_sregs(&long_mode_sregs(sregs, cr3, role.gdt_address()))
@@ -309,10 +316,16 @@ impl Vm {
             memory: Arc::new(memory),
             vcpus,
             map,
-            shared_layout: config.shared_layout,
+            shared_layout,
+            tsc_khz,
             echo_serial: config.echo_serial,
             measure_fast_path: config.measure_fast_path,
         })
+    }
+
+    /// The TSC frequency the guests were given, in kHz.
+    pub fn tsc_khz(&self) -> u64 {
+        self.tsc_khz
     }
 
     /// Guest memory.
@@ -412,6 +425,7 @@ impl Vm {
             timed_out,
             seconds: started.elapsed().as_secs_f64(),
             unhandled_accesses: supervisor.unhandled,
+            tsc_khz: self.tsc_khz,
         })
     }
 }
@@ -420,6 +434,7 @@ impl Vm {
 fn prepare_os(
     memory: &GuestMemory,
     config: &VmConfig,
+    shared_layout: &SharedLayout,
     role: Role,
     tsc_khz: u64,
 ) -> Result<(u64, u64, u64), VmError> {
@@ -480,7 +495,7 @@ fn prepare_os(
         segment,
         stack,
         shared: map.shared,
-        shared_layout: config.shared_layout,
+        shared_layout: *shared_layout,
         net: config.net,
         workload: config.workloads[role.vcpu_index() as usize],
     };

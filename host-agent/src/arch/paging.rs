@@ -173,7 +173,10 @@ impl PageTableBuilder {
         size: u64,
         access: Access,
     ) -> Result<(), PagingError> {
-        if !address.is_multiple_of(SMALL) || !size.is_multiple_of(SMALL) || address.checked_add(size).is_none() {
+        if !address.is_multiple_of(SMALL)
+            || !size.is_multiple_of(SMALL)
+            || address.checked_add(size).is_none()
+        {
             return Err(PagingError::Unaligned { address, size });
         }
         let end = address + size;
