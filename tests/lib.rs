@@ -6,13 +6,18 @@ use std::sync::OnceLock;
 use std::time::Duration;
 
 use host_agent::images;
-use host_agent::vm::{RunReport, Vm, VmConfig, control_only_layout};
-use shm_ring::bootinfo::{NetConfig, SharedLayout, Workload, WorkloadKind};
+use host_agent::vm::{RunReport, Vm, VmConfig};
+use shm_ring::bootinfo::{NetConfig, Workload, WorkloadKind};
 use shm_ring::layout::MemoryMap;
+use shm_ring::shared::SharedConfig;
 
 /// Whether this machine can run the KVM tests. When it cannot, says so loudly.
 pub fn kvm_available(test: &str) -> bool {
-    let available = std::fs::OpenOptions::new().read(true).write(true).open("/dev/kvm").is_ok();
+    let available = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/kvm")
+        .is_ok();
     if !available {
         eprintln!();
         eprintln!("!!!! SKIPPED {test}: /dev/kvm is not available on this machine. !!!!");
@@ -27,7 +32,8 @@ pub fn guest_images() -> [Vec<u8>; 2] {
     static IMAGES: OnceLock<[Vec<u8>; 2]> = OnceLock::new();
     IMAGES
         .get_or_init(|| {
-            let dir = std::env::temp_dir().join(format!("duovm-test-images-{}", std::process::id()));
+            let dir =
+                std::env::temp_dir().join(format!("duovm-test-images-{}", std::process::id()));
             let paths = images::build(&dir, false).expect("build the guest images");
             let bytes = images::read(&paths).expect("read the guest images");
             let _ = std::fs::remove_dir_all(&dir);
@@ -38,18 +44,21 @@ pub fn guest_images() -> [Vec<u8>; 2] {
 
 /// A workload of `kind` with arguments.
 pub fn workload(kind: WorkloadKind, args: &[u64]) -> Workload {
-    let mut workload = Workload { kind: kind as u32, ..Workload::default() };
+    let mut workload = Workload {
+        kind: kind as u32,
+        ..Workload::default()
+    };
     workload.args[..args.len()].copy_from_slice(args);
     workload
 }
 
-/// A VM configuration with default memory and the given workloads and shared layout.
-pub fn config(workloads: [Workload; 2], shared_layout: Option<SharedLayout>) -> VmConfig {
+/// A VM configuration with default memory and rings and the given workloads.
+pub fn config(workloads: [Workload; 2]) -> VmConfig {
     VmConfig {
         memory: MemoryMap::default(),
         images: guest_images(),
         workloads,
-        shared_layout: shared_layout.unwrap_or_else(control_only_layout),
+        shared: SharedConfig::default(),
         net: NetConfig::default(),
         echo_serial: true,
         measure_fast_path: false,

@@ -4,6 +4,7 @@
 use std::time::{Duration, Instant};
 
 use duovm_tests::{config, kvm_available, run, workload};
+use host_agent::ringbench::{self, RingBenchParams};
 use host_agent::vcpu::OsEnd;
 use shm_ring::bootinfo::WorkloadKind;
 use shm_ring::layout::{Role, SEGMENT_B_BASE};
@@ -14,15 +15,35 @@ fn both_oses_boot_and_exchange_ipis_both_ways() {
         return;
     }
     let hello = workload(WorkloadKind::Hello, &[]);
-    let report = run(&config([hello, hello], None), Duration::from_secs(30));
+    let report = run(&config([hello, hello]), Duration::from_secs(30));
     assert!(report.success(), "{report:#?}");
     let a = report.os(Role::A);
     let b = report.os(Role::B);
-    assert!(a.serial_lines.iter().any(|line| line.starts_with("hello from OS A: apic 0")), "{a:#?}");
-    assert!(b.serial_lines.iter().any(|line| line.starts_with("hello from OS B: apic 1")), "{b:#?}");
+    assert!(
+        a.serial_lines
+            .iter()
+            .any(|line| line.starts_with("hello from OS A: apic 0")),
+        "{a:#?}"
+    );
+    assert!(
+        b.serial_lines
+            .iter()
+            .any(|line| line.starts_with("hello from OS B: apic 1")),
+        "{b:#?}"
+    );
     // B saw A's IPI, and A saw B's answer.
-    assert!(b.serial_lines.iter().any(|line| line == "hello: IPI from OS A received, answering"), "{b:#?}");
-    assert!(a.serial_lines.iter().any(|line| line == "hello: IPI round trip with OS B done (1 sent, 1 received)"), "{a:#?}");
+    assert!(
+        b.serial_lines
+            .iter()
+            .any(|line| line == "hello: IPI from OS A received, answering"),
+        "{b:#?}"
+    );
+    assert!(
+        a.serial_lines
+            .iter()
+            .any(|line| line == "hello: IPI round trip with OS B done (1 sent, 1 received)"),
+        "{a:#?}"
+    );
     // Every exit of a healthy boot is handled on the fast path.
     for os in [a, b] {
         assert_eq!(os.exits.supervisor_path, 0, "{os:#?}");
@@ -36,11 +57,14 @@ fn os_a_touching_os_b_segment_faults_and_is_reported() {
         return;
     }
     let touch = workload(WorkloadKind::TouchPeerSegment, &[]);
-    let report = run(&config([touch, touch], None), Duration::from_secs(30));
+    let report = run(&config([touch, touch]), Duration::from_secs(30));
     assert!(!report.success());
     let a = report.os(Role::A);
     match &a.end {
-        OsEnd::Exited { status: 2, fault: Some(fault) } => {
+        OsEnd::Exited {
+            status: 2,
+            fault: Some(fault),
+        } => {
             assert_eq!(fault.vector, 14, "page fault expected: {a:#?}");
             assert_eq!(fault.address, SEGMENT_B_BASE);
             // A read of a page that is not present: error code bits P=0, W=0.
@@ -48,10 +72,21 @@ fn os_a_touching_os_b_segment_faults_and_is_reported() {
         }
         other => panic!("OS A should have faulted, ended {other:?}"),
     }
-    assert!(a.summary.starts_with("OS a faulted: exception 14"), "{}", a.summary);
-    assert!(!a.serial_lines.iter().any(|line| line.contains("partition is broken")));
+    assert!(
+        a.summary.starts_with("OS a faulted: exception 14"),
+        "{}",
+        a.summary
+    );
+    assert!(
+        !a.serial_lines
+            .iter()
+            .any(|line| line.contains("partition is broken"))
+    );
     // OS B was stopped by the host, not failed on its own.
-    assert!(matches!(report.os(Role::B).end, OsEnd::Stopped { .. }), "{report:#?}");
+    assert!(
+        matches!(report.os(Role::B).end, OsEnd::Stopped { .. }),
+        "{report:#?}"
+    );
     assert!(!report.timed_out);
 }
 
@@ -62,10 +97,16 @@ fn a_triple_fault_ends_the_run_with_a_clear_error() {
     }
     let triple = workload(WorkloadKind::TripleFault, &[]);
     let started = Instant::now();
-    let report = run(&config([triple, workload(WorkloadKind::Hello, &[])], None), Duration::from_secs(30));
+    let report = run(
+        &config([triple, workload(WorkloadKind::Hello, &[])]),
+        Duration::from_secs(30),
+    );
     assert!(started.elapsed() < Duration::from_secs(20));
     let a = report.os(Role::A);
-    assert!(matches!(a.end, OsEnd::TripleFault { rip } if rip >= 0x100_0000), "{a:#?}");
+    assert!(
+        matches!(a.end, OsEnd::TripleFault { rip } if rip >= 0x100_0000),
+        "{a:#?}"
+    );
     assert!(a.summary.contains("OS a triple-faulted"), "{}", a.summary);
     assert!(!report.timed_out);
 }
@@ -77,11 +118,88 @@ fn a_spinning_guest_is_stopped_at_the_timeout() {
     }
     let spin = workload(WorkloadKind::Spin, &[]);
     let started = Instant::now();
-    let report = run(&config([spin, workload(WorkloadKind::Hello, &[])], None), Duration::from_secs(2));
+    let report = run(
+        &config([spin, workload(WorkloadKind::Hello, &[])]),
+        Duration::from_secs(2),
+    );
     let elapsed = started.elapsed();
-    assert!(elapsed >= Duration::from_secs(2) && elapsed < Duration::from_secs(10), "{elapsed:?}");
+    assert!(
+        elapsed >= Duration::from_secs(2) && elapsed < Duration::from_secs(10),
+        "{elapsed:?}"
+    );
     assert!(report.timed_out);
     let a = report.os(Role::A);
-    assert!(matches!(a.end, OsEnd::Stopped { rip } if rip >= 0x100_0000), "{a:#?}");
-    assert!(a.summary.contains("did not finish before the timeout"), "{}", a.summary);
+    assert!(
+        matches!(a.end, OsEnd::Stopped { rip } if rip >= 0x100_0000),
+        "{a:#?}"
+    );
+    assert!(
+        a.summary.contains("did not finish before the timeout"),
+        "{}",
+        a.summary
+    );
+}
+
+#[test]
+fn the_ring_moves_100k_verified_descriptors_with_few_ipis() {
+    if !kvm_available("the_ring_moves_100k_verified_descriptors_with_few_ipis") {
+        return;
+    }
+    let params = RingBenchParams {
+        descriptors: 100_000,
+        size: 16,
+        batch: 32,
+        hostile_after: None,
+    };
+    let hello = workload(WorkloadKind::Hello, &[]);
+    let (report, run) =
+        ringbench::run(config([hello, hello]), &params, Duration::from_secs(600)).unwrap();
+    assert!(report.verified, "{report:#?}\n{run:#?}");
+    assert_eq!(report.descriptors, 100_000);
+    assert_eq!(report.bytes, 1_600_000);
+    assert_eq!(report.rejected, 0);
+    // Wake-ups are suppressed while the peer polls: far fewer IPIs than batches.
+    assert!(report.ipis_per_1000_descriptors < 31.25, "{report:#?}");
+    // The data path makes no exits to user space beyond boot and logging.
+    assert_eq!(report.exits["total"].supervisor_path, 0);
+    let b = run.os(Role::B);
+    assert!(
+        b.serial_lines.iter().any(
+            |l| l.starts_with("ring: consumed 100000 descriptors: 100000 verified, 0 rejected")
+        ),
+        "{b:#?}"
+    );
+}
+
+#[test]
+fn a_hostile_descriptor_is_rejected_by_os_b_and_reported() {
+    if !kvm_available("a_hostile_descriptor_is_rejected_by_os_b_and_reported") {
+        return;
+    }
+    let params = RingBenchParams {
+        descriptors: 200,
+        size: 16,
+        batch: 8,
+        hostile_after: Some(50),
+    };
+    let hello = workload(WorkloadKind::Hello, &[]);
+    let (report, run) =
+        ringbench::run(config([hello, hello]), &params, Duration::from_secs(120)).unwrap();
+    // Nothing crashed: both OSes finished, every good payload verified, the bad one rejected.
+    assert!(run.success(), "{run:#?}");
+    assert!(report.verified, "{report:#?}");
+    assert_eq!(report.descriptors, 200);
+    assert_eq!(report.rejected, 1);
+    let b = run.os(Role::B);
+    assert_eq!(
+        b.report[shm_ring::control::report::FIRST_ERROR],
+        1,
+        "out-of-pool rejection"
+    );
+    assert!(
+        b.serial_lines
+            .iter()
+            .any(|l| l.starts_with("ring: rejected descriptor #50: descriptor outside the pool")),
+        "{b:#?}"
+    );
 }
