@@ -23,6 +23,8 @@ SECTIONS {{
     .rodata : ALIGN(4096) {{ *(.rodata .rodata.*) }}
     .data : ALIGN(4096) {{ *(.data .data.*) }}
     .bss : ALIGN(4096) {{ *(.bss .bss.*) *(COMMON) }}
+    . = ALIGN(4096);
+    __kernel_end = .;
     /DISCARD/ : {{ *(.eh_frame .eh_frame_hdr .comment .note .note.*) }}
 }}
 "

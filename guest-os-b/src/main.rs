@@ -6,6 +6,7 @@
 #![no_std]
 #![no_main]
 
+mod nic;
 mod workloads;
 
 use guest_rt::{Platform, println};

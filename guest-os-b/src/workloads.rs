@@ -21,6 +21,7 @@ pub fn run(platform: &Platform) -> ! {
             let hostile = (kind == WorkloadKind::HostileDescriptor).then_some(workload.args[3]);
             ring_consumer(platform, &peer, hostile)
         }
+        Some(WorkloadKind::NicProbe) => nic_probe(&peer, workload.args[0] as u16),
         // OS B idles through OS A's fault tests: the host ends the VM when OS A fails.
         Some(
             WorkloadKind::Hello
@@ -117,6 +118,58 @@ fn ring_consumer(platform: &Platform, peer: &Peer, hostile_after: Option<u64>) -
         }
         Err(error) => {
             println!("ring: consumer stopped: {error}");
+            finish(peer, Status::Failed)
+        }
+    }
+}
+
+/// Sends one broadcast frame of EtherType `ether_type` and waits for one frame back.
+fn nic_probe(peer: &Peer, ether_type: u16) -> ! {
+    let mut nic = match crate::nic::Nic::new() {
+        Ok(nic) => nic,
+        Err(error) => {
+            println!("nic: {error}");
+            finish(peer, Status::Failed)
+        }
+    };
+    let mac = nic.mac();
+    println!(
+        "nic: virtio-net up, MAC {:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
+        mac[0], mac[1], mac[2], mac[3], mac[4], mac[5]
+    );
+    let mut frame = [0u8; 64];
+    frame[0..6].copy_from_slice(&[0xff; 6]);
+    frame[6..12].copy_from_slice(&mac);
+    frame[12..14].copy_from_slice(&ether_type.to_be_bytes());
+    frame[14..30].copy_from_slice(b"duovm nic probe!");
+    if nic.transmit(&frame).is_err() {
+        println!("nic: transmit queue full");
+        finish(peer, Status::Failed)
+    }
+    println!("nic: sent a {}-byte broadcast frame", frame.len());
+    let mut received = [0u8; 1600];
+    let mut length = None;
+    let deadline = guest_rt::time::now_ns() + 5_000_000_000;
+    while length.is_none() && guest_rt::time::now_ns() < deadline {
+        guest_rt::wait_until(1_000_000, || {
+            guest_rt::interrupts::count(shm_ring::layout::NET_VECTOR) > 0
+        });
+        nic.ack_interrupt();
+        length = nic.receive(&mut received);
+    }
+    match length {
+        Some(len) => {
+            let text = core::str::from_utf8(&received[14..len.min(64)]).unwrap_or("?");
+            println!(
+                "nic: received a {len}-byte frame, EtherType {:#06x}, {} NIC interrupts: {}",
+                u16::from_be_bytes([received[12], received[13]]),
+                guest_rt::interrupts::count(shm_ring::layout::NET_VECTOR),
+                text.trim_end_matches('\0')
+            );
+            finish(peer, Status::Success)
+        }
+        None => {
+            println!("nic: no frame arrived within 5 s");
             finish(peer, Status::Failed)
         }
     }

@@ -24,6 +24,7 @@
 pub mod cpu;
 pub mod exit;
 mod gdt;
+pub mod heap;
 pub mod interrupts;
 pub mod lapic;
 pub mod peer;
@@ -92,6 +93,7 @@ pub fn boot(boot_info: *const BootInfo) -> ! {
         }
     };
     serial::init(info.serial_port as u16);
+    heap::init(info.stack.base);
     gdt::init();
     interrupts::init();
     lapic::init();

@@ -12,19 +12,29 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, bounded, unbounded};
+use kvm_bindings::{KVM_IRQ_ROUTING_MSI, KvmIrqRouting, kvm_irq_routing_entry};
 use kvm_bindings::{
     KVM_MAX_CPUID_ENTRIES, KVM_MP_STATE_RUNNABLE, kvm_fpu, kvm_mp_state,
     kvm_userspace_memory_region,
 };
-use kvm_ioctls::{Cap, Kvm, VcpuFd, VmFd};
+use kvm_ioctls::{Cap, IoEventAddress, Kvm, VcpuFd, VmFd};
+use std::sync::Mutex;
+use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
+
+use crate::devices::bus::Bus;
+use crate::devices::net_backend::NetBackend;
+use crate::devices::pcap::PcapWriter;
+use crate::devices::virtio::mmio::register::QUEUE_NOTIFY;
+use crate::devices::virtio::net::{Net, NetConfig as NicConfig, NetCounters, VirtioNet};
+use crate::devices::worker::NetDeviceHandle;
 use serde::Serialize;
 use shm_ring::bootinfo::{
     BOOT_INFO_MAGIC, BOOT_INFO_VERSION, BootInfo, NetConfig, SharedLayout, Workload,
 };
 use shm_ring::control::{CONTROL_BLOCK_SIZE, ControlView};
 use shm_ring::layout::{
-    ExitStatus, LAPIC_BASE, LOW_MEMORY_SIZE, MemoryMap, PAGE_SIZE, PAGE_TABLES_SIZE, Region, Role,
-    VIRTIO_MMIO_BASE, VIRTIO_MMIO_SIZE,
+    ExitStatus, LAPIC_BASE, LOW_MEMORY_SIZE, MemoryMap, NET_VECTOR, PAGE_SIZE, PAGE_TABLES_SIZE,
+    Region, Role, VIRTIO_MMIO_BASE, VIRTIO_MMIO_SIZE, VIRTIO_NET_GSI,
 };
 use shm_ring::shared::{SharedConfig, SharedError};
 use vmm_sys_util::signal::{Killable, SIGRTMIN, register_signal_handler};
@@ -96,6 +106,9 @@ pub enum VmError {
         #[source]
         source: PagingError,
     },
+    /// The NIC could not be set up.
+    #[error("virtio-net device: {0}")]
+    Nic(String),
     /// A thread could not be started or signalled.
     #[error("cannot start the {0} thread")]
     Thread(&'static str, #[source] std::io::Error),
@@ -124,11 +137,27 @@ pub struct VmConfig {
     pub measure_fast_path: bool,
 }
 
+/// A NIC attached to a VM that has not started yet.
+struct PendingNic {
+    device: Arc<Mutex<VirtioNet>>,
+    backend: Box<dyn NetBackend>,
+}
+
+impl std::fmt::Debug for PendingNic {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PendingNic")
+            .field("device", &self.device)
+            .finish_non_exhaustive()
+    }
+}
+
 /// A built VM, ready to run.
 #[derive(Debug)]
 pub struct Vm {
     _kvm: Kvm,
-    _vm: VmFd,
+    vm: VmFd,
+    bus: Bus,
+    nic: Option<PendingNic>,
     memory: Arc<GuestMemory>,
     vcpus: Vec<VcpuFd>,
     map: MemoryMap,
@@ -178,6 +207,8 @@ pub struct RunReport {
     pub unhandled_accesses: u64,
     /// The TSC frequency of the guests, in kHz.
     pub tsc_khz: u64,
+    /// OS B's NIC counters, if it had one.
+    pub nic: Option<NetCounters>,
 }
 
 impl RunReport {
@@ -312,7 +343,9 @@ impl Vm {
         }
         Ok(Vm {
             _kvm: kvm,
-            _vm: vm,
+            vm,
+            bus: Bus::new(),
+            nic: None,
             memory: Arc::new(memory),
             vcpus,
             map,
@@ -321,6 +354,61 @@ impl Vm {
             echo_serial: config.echo_serial,
             measure_fast_path: config.measure_fast_path,
         })
+    }
+
+    /// Gives OS B a virtio-net device at [`VIRTIO_MMIO_BASE`] with the MAC of the VM's network
+    /// configuration, whose frames go to `backend` (and, if given, to a packet capture).
+    ///
+    /// Queue notifications reach the device through ioeventfds and its interrupt reaches OS B's
+    /// vCPU as an MSI through an irqfd: neither leaves the kernel as an exit. Register accesses
+    /// exit to the supervisor, which owns the device's bus.
+    pub fn attach_nic(
+        &mut self,
+        mac: [u8; 6],
+        backend: Box<dyn NetBackend>,
+        capture: Option<PcapWriter>,
+    ) -> Result<(), VmError> {
+        let nic_error =
+            |what: &str, error: &dyn std::fmt::Display| VmError::Nic(format!("{what}: {error}"));
+        let irq = EventFd::new(EFD_NONBLOCK).map_err(|e| nic_error("interrupt eventfd", &e))?;
+        let mut routing = KvmIrqRouting::new(1).map_err(|e| nic_error("routing table", &e))?;
+        let mut entry = kvm_irq_routing_entry {
+            gsi: VIRTIO_NET_GSI,
+            type_: KVM_IRQ_ROUTING_MSI,
+            ..Default::default()
+        };
+        // An MSI to OS B's local APIC, fixed delivery, edge.
+        entry.u.msi.address_lo = (LAPIC_BASE as u32) | (Role::B.vcpu_index() << 12);
+        entry.u.msi.data = u32::from(NET_VECTOR);
+        routing.as_mut_slice()[0] = entry;
+        self.vm
+            .set_gsi_routing(&routing)
+            .map_err(kvm_error("set GSI routing"))?;
+        self.vm
+            .register_irqfd(&irq, VIRTIO_NET_GSI)
+            .map_err(kvm_error("register irqfd"))?;
+        let mut net = Net::new(NicConfig {
+            mac,
+            ..NicConfig::default()
+        });
+        net.set_capture(capture);
+        let nic = VirtioNet::new(net, self.memory.clone(), Arc::new(irq))
+            .map_err(|e| nic_error("create device", &e))?;
+        for (queue, event) in nic.queue_events().iter().enumerate() {
+            let address = IoEventAddress::Mmio(VIRTIO_MMIO_BASE + QUEUE_NOTIFY);
+            self.vm
+                .register_ioevent(event, &address, queue as u32)
+                .map_err(kvm_error("register ioeventfd"))?;
+        }
+        let nic = Arc::new(Mutex::new(nic));
+        self.bus
+            .insert(VIRTIO_MMIO_BASE, VIRTIO_MMIO_SIZE, nic.clone())
+            .map_err(|e| nic_error("bus", &e))?;
+        self.nic = Some(PendingNic {
+            device: nic,
+            backend,
+        });
+        Ok(())
     }
 
     /// The TSC frequency the guests were given, in kHz.
@@ -389,7 +477,21 @@ impl Vm {
         drop(supervisor_sender);
         drop(done_sender);
 
-        let mut supervisor = Supervisor::default();
+        let (nic, worker) = match self.nic.take() {
+            Some(PendingNic {
+                device: nic,
+                backend,
+            }) => {
+                let worker = NetDeviceHandle::spawn(nic.clone(), backend)
+                    .map_err(|error| VmError::Nic(format!("worker: {error}")))?;
+                (Some(nic), Some(worker))
+            }
+            None => (None, None),
+        };
+        let mut supervisor = Supervisor {
+            bus: std::mem::take(&mut self.bus),
+            ..Supervisor::default()
+        };
         let outcomes = supervisor.serve(
             &threads,
             &supervisor_receiver,
@@ -399,6 +501,12 @@ impl Vm {
         for (_, handle) in threads {
             let _ = handle.join();
         }
+        if let Some(worker) = worker {
+            if let Err(error) = worker.stop() {
+                eprintln!("host-agent: virtio-net worker: {error}");
+            }
+        }
+        let nic = nic.map(|nic| crate::devices::bus::lock_device(&nic).counters());
         let timed_out = supervisor.timed_out;
         let mut oses = Vec::new();
         for outcome in outcomes {
@@ -426,6 +534,7 @@ impl Vm {
             seconds: started.elapsed().as_secs_f64(),
             unhandled_accesses: supervisor.unhandled,
             tsc_khz: self.tsc_khz,
+            nic,
         })
     }
 }
@@ -510,6 +619,7 @@ fn prepare_os(
 /// The supervisor: answers handed-over exits, ends the run.
 #[derive(Debug, Default)]
 struct Supervisor {
+    bus: Bus,
     timed_out: bool,
     unhandled: u64,
     logged: u64,
@@ -531,6 +641,23 @@ impl Supervisor {
     fn answer(&mut self, role: Role, request: SupervisorRequest) -> u64 {
         match request {
             SupervisorRequest::Access(exit) => {
+                let mut data = [0u8; 8];
+                let handled = match exit {
+                    Exit::MmioRead { address, size } => self
+                        .bus
+                        .read(address, &mut data[..usize::from(size.min(8))]),
+                    Exit::MmioWrite {
+                        address,
+                        value,
+                        size,
+                    } => self
+                        .bus
+                        .write(address, &value.to_le_bytes()[..usize::from(size.min(8))]),
+                    _ => false,
+                };
+                if handled {
+                    return u64::from_le_bytes(data);
+                }
                 self.unhandled += 1;
                 if self.logged < UNHANDLED_LOG_LIMIT {
                     self.logged += 1;

@@ -95,6 +95,9 @@ pub enum WorkloadKind {
     TripleFault = 4,
     /// Test: OS A spins forever with interrupts off.
     Spin = 5,
+    /// Test of OS B's NIC: send one broadcast frame (`args[0]` = its EtherType), wait for one
+    /// frame back, report both.
+    NicProbe = 6,
 }
 
 impl WorkloadKind {
@@ -107,6 +110,7 @@ impl WorkloadKind {
             3 => WorkloadKind::TouchPeerSegment,
             4 => WorkloadKind::TripleFault,
             5 => WorkloadKind::Spin,
+            6 => WorkloadKind::NicProbe,
             _ => return None,
         })
     }
