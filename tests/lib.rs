@@ -61,7 +61,7 @@ pub fn config(workloads: [Workload; 2]) -> VmConfig {
         shared: SharedConfig::default(),
         net: NetConfig::default(),
         echo_serial: true,
-        measure_fast_path: false,
+        measure_exits: false,
     }
 }
 

@@ -203,3 +203,31 @@ fn a_hostile_descriptor_is_rejected_by_os_b_and_reported() {
         "{b:#?}"
     );
 }
+
+#[test]
+fn fast_path_exits_cause_no_context_switch_and_supervisor_exits_are_answered() {
+    if !kvm_available("fast_path_exits_cause_no_context_switch_and_supervisor_exits_are_answered") {
+        return;
+    }
+    let hello = workload(WorkloadKind::Hello, &[]);
+    let report =
+        host_agent::exitbench::run(config([hello, hello]), 1000, Duration::from_secs(120)).unwrap();
+    assert!(report.success, "{report:#?}");
+    // Boot and logging add fast exits; the probe loop adds exactly 1000 supervisor exits.
+    assert!(report.fast_path.exits >= 1000, "{report:#?}");
+    assert_eq!(report.supervisor_path.exits, 1000, "{report:#?}");
+    // The fast path never blocks; preemption by other load is the only way to switch.
+    assert_eq!(
+        report.fast_path.context_switches.voluntary, 0,
+        "{report:#?}"
+    );
+    assert!(
+        report.fast_path.context_switches_per_exit < 0.05,
+        "{report:#?}"
+    );
+    // The supervisor path hands over and waits.
+    assert!(
+        report.supervisor_path.context_switches.voluntary > 0,
+        "{report:#?}"
+    );
+}

@@ -22,6 +22,7 @@ pub fn run(platform: &Platform) -> ! {
         Some(WorkloadKind::Hello) => hello(&peer),
         // OS A has nothing to do while OS B tests its NIC.
         Some(WorkloadKind::NicProbe) => finish(&peer, Status::Success),
+        Some(WorkloadKind::ExitBench) => exit_bench(&peer, workload.args[0]),
         Some(kind @ (WorkloadKind::RingBench | WorkloadKind::HostileDescriptor)) => {
             let hostile = (kind == WorkloadKind::HostileDescriptor).then_some(workload.args[3]);
             ring_producer(platform, &peer, hostile)
@@ -125,6 +126,28 @@ fn ring_producer(platform: &Platform, peer: &Peer, hostile_after: Option<u64>) -
             finish(peer, Status::Failed)
         }
     }
+}
+
+/// Makes `count` fast-path exits, then `count` supervisor-path exits.
+fn exit_bench(peer: &Peer, count: u64) -> ! {
+    for _ in 0..count {
+        guest_rt::exit::hypercall(shm_ring::layout::Hypercall::Ping);
+    }
+    let mut last = 0;
+    for _ in 0..count {
+        last = guest_rt::cpu::inl(shm_ring::layout::SUPERVISOR_PROBE_PORT);
+    }
+    println!(
+        "exit-bench: {count} fast-path and {count} supervisor-path exits (probe answered {last})"
+    );
+    finish(
+        peer,
+        if u64::from(last) == count {
+            Status::Success
+        } else {
+            Status::Failed
+        },
+    )
 }
 
 /// Reads the first word of OS B's segment, which is not mapped for OS A: this must fault.

@@ -215,6 +215,8 @@ pub struct ExitCounters {
     pub supervisor: u64,
     /// Total nanoseconds vCPUs waited for the supervisor.
     pub supervisor_wait_ns: u64,
+    /// Total nanoseconds spent handling fast-path exits (measured only on request).
+    pub fast_handling_ns: u64,
 }
 
 impl ExitCounters {
@@ -236,6 +238,7 @@ impl ExitCounters {
         self.fast += other.fast;
         self.supervisor += other.supervisor;
         self.supervisor_wait_ns += other.supervisor_wait_ns;
+        self.fast_handling_ns += other.fast_handling_ns;
     }
 
     /// The counters as a serialisable summary (non-zero reasons only).
@@ -248,6 +251,11 @@ impl ExitCounters {
                 0.0
             } else {
                 self.supervisor_wait_ns as f64 / self.supervisor as f64 / 1000.0
+            },
+            fast_handling_us_mean: if self.fast == 0 {
+                0.0
+            } else {
+                self.fast_handling_ns as f64 / self.fast as f64 / 1000.0
             },
             by_reason: ExitReason::NAMES
                 .iter()
@@ -270,6 +278,8 @@ pub struct ExitSummary {
     pub supervisor_path: u64,
     /// Mean time a vCPU waited for the supervisor, in microseconds.
     pub supervisor_wait_us_mean: f64,
+    /// Mean host time to handle a fast-path exit, in microseconds (0 unless measured).
+    pub fast_handling_us_mean: f64,
     /// Exits by reason.
     pub by_reason: std::collections::BTreeMap<String, u64>,
 }

@@ -12,6 +12,7 @@
 
 pub mod arch;
 pub mod devices;
+pub mod exitbench;
 pub mod exits;
 pub mod images;
 pub mod loader;

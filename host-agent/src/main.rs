@@ -6,9 +6,9 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use host_agent::images;
 use host_agent::ringbench::{self, RingBenchParams, RingBenchReport};
 use host_agent::vm::{RunReport, Vm, VmConfig};
+use host_agent::{exitbench, images};
 use shm_ring::bootinfo::{NetConfig, Workload, WorkloadKind};
 use shm_ring::layout::MemoryMap;
 use shm_ring::shared::SharedConfig;
@@ -39,6 +39,12 @@ enum Command {
     /// descriptors_per_sec, ipis_sent, ipis_per_1000_descriptors, sleeps, rejected, exits,
     /// verified, success, run_seconds.
     RingBench(RingBenchArgs),
+    /// Measure the two exit paths: fast (on the vCPU thread) and supervisor (handed over).
+    ///
+    /// OS A makes COUNT exits of each kind; the agent counts the vCPU thread's context switches
+    /// and host time around each. JSON keys: count, fast_path, supervisor_path (each: exits,
+    /// context_switches, context_switches_per_exit, host_us_per_exit), success.
+    ExitBench(ExitBenchArgs),
     /// Build the guest kernels into the image directory.
     BuildImages {
         /// Where to put them.
@@ -103,6 +109,15 @@ struct RingBenchArgs {
 }
 
 #[derive(Debug, Args)]
+struct ExitBenchArgs {
+    /// Exits of each kind.
+    #[arg(long, default_value_t = 2000)]
+    count: u64,
+    #[command(flatten)]
+    vm: VmArgs,
+}
+
+#[derive(Debug, Args)]
 struct RunArgs {
     /// What to run.
     #[arg(long, value_enum, default_value = "hello")]
@@ -137,7 +152,7 @@ impl VmArgs {
             shared: SharedConfig::default(),
             net: NetConfig::default(),
             echo_serial: !self.quiet && !self.json,
-            measure_fast_path: false,
+            measure_exits: false,
         })
     }
 
@@ -236,6 +251,30 @@ fn ring_bench(args: &RingBenchArgs) -> Result<bool> {
     Ok(report.verified)
 }
 
+fn exit_bench(args: &ExitBenchArgs) -> Result<bool> {
+    let images = args.vm.images()?;
+    let config = args.vm.config(images, [Workload::default(); 2])?;
+    let report = exitbench::run(config, args.count, args.vm.timeout())?;
+    if args.vm.json {
+        println!("{}", serde_json::to_string(&report)?);
+    } else {
+        for (name, path) in [
+            ("fast path", &report.fast_path),
+            ("supervisor path", &report.supervisor_path),
+        ] {
+            println!(
+                "{name}: {} exits, {:.1} us each on the host, {} voluntary + {} involuntary context switches ({:.4} per exit)",
+                path.exits,
+                path.host_us_per_exit,
+                path.context_switches.voluntary,
+                path.context_switches.involuntary,
+                path.context_switches_per_exit
+            );
+        }
+    }
+    Ok(report.success)
+}
+
 fn demo(args: &DemoArgs) -> Result<bool> {
     let json = args.vm.json;
     let images = args.vm.images()?;
@@ -308,6 +347,7 @@ fn main() -> ExitCode {
     let result = match &cli.command {
         Command::Demo(args) => demo(args),
         Command::RingBench(args) => ring_bench(args),
+        Command::ExitBench(args) => exit_bench(args),
         Command::Run(args) => run_workload(args).map(|report| {
             if args.vm.json {
                 println!("{}", serde_json::to_string(&report).unwrap_or_default());

@@ -112,8 +112,11 @@ pub struct VcpuOutcome {
     pub counters: ExitCounters,
     /// Context switches of the thread while it ran the vCPU.
     pub context_switches: ContextSwitches,
-    /// Context switches during fast-path exit handling only (should be zero).
+    /// Context switches during fast-path exit handling (measured only with `measure_exits`;
+    /// should be zero).
     pub fast_path_context_switches: ContextSwitches,
+    /// Context switches while waiting for the supervisor (measured only with `measure_exits`).
+    pub supervisor_path_context_switches: ContextSwitches,
     /// Hypercalls by number.
     pub hypercalls: u64,
     /// The serial log's lines.
@@ -135,8 +138,9 @@ pub struct VcpuContext {
     pub supervisor: Sender<SupervisorMessage>,
     /// The serial log.
     pub serial: SerialLog<StderrSink>,
-    /// Measure context switches around every fast exit (costs two reads of /proc per exit).
-    pub measure_fast_path: bool,
+    /// Measure context switches and host time around every exit (costs reads of /proc per
+    /// exit; for the exit benchmark).
+    pub measure_exits: bool,
 }
 
 /// `Exit` for a kvm-ioctls exit, and the data buffer of reads.
@@ -216,6 +220,7 @@ impl VcpuContext {
         let start_switches = ContextSwitches::of_current_thread();
         let mut counters = ExitCounters::default();
         let mut fast_switches = ContextSwitches::default();
+        let mut supervisor_switches = ContextSwitches::default();
         let mut hypercalls = 0u64;
         let end = loop {
             if self.stop.load(Ordering::Acquire) {
@@ -238,8 +243,8 @@ impl VcpuContext {
             match route {
                 Route::Fast(action) => {
                     let before = self
-                        .measure_fast_path
-                        .then(ContextSwitches::of_current_thread);
+                        .measure_exits
+                        .then(|| (ContextSwitches::of_current_thread(), Instant::now()));
                     match action {
                         FastAction::SerialByte(byte) => self.serial.push(byte),
                         FastAction::SerialRead(value) => fill(data, u64::from(value)),
@@ -252,13 +257,15 @@ impl VcpuContext {
                             break OsEnd::Exited { status, fault };
                         }
                     }
-                    if let Some(before) = before {
-                        let after = ContextSwitches::of_current_thread().since(before);
+                    if let Some((switches, started)) = before {
+                        counters.fast_handling_ns += started.elapsed().as_nanos() as u64;
+                        let after = ContextSwitches::of_current_thread().since(switches);
                         fast_switches.voluntary += after.voluntary;
                         fast_switches.involuntary += after.involuntary;
                     }
                 }
                 Route::Supervisor(request) => {
+                    let switches = self.measure_exits.then(ContextSwitches::of_current_thread);
                     let started = Instant::now();
                     let message = SupervisorMessage {
                         role: self.role,
@@ -271,6 +278,11 @@ impl VcpuContext {
                         .ok()
                         .and_then(|()| reply.1.recv().ok());
                     counters.supervisor_wait_ns += started.elapsed().as_nanos() as u64;
+                    if let Some(switches) = switches {
+                        let after = ContextSwitches::of_current_thread().since(switches);
+                        supervisor_switches.voluntary += after.voluntary;
+                        supervisor_switches.involuntary += after.involuntary;
+                    }
                     if let SupervisorRequest::Fatal(exit) = request {
                         let rip = self.rip();
                         break match exit {
@@ -292,6 +304,7 @@ impl VcpuContext {
             counters,
             context_switches: ContextSwitches::of_current_thread().since(start_switches),
             fast_path_context_switches: fast_switches,
+            supervisor_path_context_switches: supervisor_switches,
             hypercalls,
             serial_bytes: self.serial.bytes,
             serial_lines: std::mem::take(&mut self.serial.sink.lines),

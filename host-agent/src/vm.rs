@@ -34,7 +34,7 @@ use shm_ring::bootinfo::{
 use shm_ring::control::{CONTROL_BLOCK_SIZE, ControlView};
 use shm_ring::layout::{
     ExitStatus, LAPIC_BASE, LOW_MEMORY_SIZE, MemoryMap, NET_VECTOR, PAGE_SIZE, PAGE_TABLES_SIZE,
-    Region, Role, VIRTIO_MMIO_BASE, VIRTIO_MMIO_SIZE, VIRTIO_NET_GSI,
+    Region, Role, SUPERVISOR_PROBE_PORT, VIRTIO_MMIO_BASE, VIRTIO_MMIO_SIZE, VIRTIO_NET_GSI,
 };
 use shm_ring::shared::{SharedConfig, SharedError};
 use vmm_sys_util::signal::{Killable, SIGRTMIN, register_signal_handler};
@@ -133,8 +133,9 @@ pub struct VmConfig {
     pub net: NetConfig,
     /// Print guest serial output as it arrives.
     pub echo_serial: bool,
-    /// Measure context switches around every fast-path exit (slow; for the exit benchmark).
-    pub measure_fast_path: bool,
+    /// Measure context switches and host time around every exit (slow; for the exit
+    /// benchmark).
+    pub measure_exits: bool,
 }
 
 /// A NIC attached to a VM that has not started yet.
@@ -164,7 +165,7 @@ pub struct Vm {
     shared_layout: SharedLayout,
     tsc_khz: u64,
     echo_serial: bool,
-    measure_fast_path: bool,
+    measure_exits: bool,
 }
 
 /// One OS's part of a run report.
@@ -184,6 +185,8 @@ pub struct OsReport {
     pub context_switches: ContextSwitches,
     /// Context switches measured around fast-path exits (only when measured).
     pub fast_path_context_switches: ContextSwitches,
+    /// Context switches measured while waiting for the supervisor (only when measured).
+    pub supervisor_path_context_switches: ContextSwitches,
     /// Hypercalls made.
     pub hypercalls: u64,
     /// Serial bytes written.
@@ -352,7 +355,7 @@ impl Vm {
             shared_layout,
             tsc_khz,
             echo_serial: config.echo_serial,
-            measure_fast_path: config.measure_fast_path,
+            measure_exits: config.measure_exits,
         })
     }
 
@@ -462,7 +465,7 @@ impl Vm {
                         quiet: !self.echo_serial,
                     },
                 ),
-                measure_fast_path: self.measure_fast_path,
+                measure_exits: self.measure_exits,
             };
             let done = done_sender.clone();
             let handle = std::thread::Builder::new()
@@ -522,6 +525,7 @@ impl Vm {
                 exits: outcome.counters.summary(),
                 context_switches: outcome.context_switches,
                 fast_path_context_switches: outcome.fast_path_context_switches,
+                supervisor_path_context_switches: outcome.supervisor_path_context_switches,
                 hypercalls: outcome.hypercalls,
                 serial_bytes: outcome.serial_bytes,
                 serial_lines: outcome.serial_lines,
@@ -620,6 +624,7 @@ fn prepare_os(
 #[derive(Debug, Default)]
 struct Supervisor {
     bus: Bus,
+    probes: u64,
     timed_out: bool,
     unhandled: u64,
     logged: u64,
@@ -657,6 +662,14 @@ impl Supervisor {
                 };
                 if handled {
                     return u64::from_le_bytes(data);
+                }
+                if let Exit::IoIn {
+                    port: SUPERVISOR_PROBE_PORT,
+                    ..
+                } = exit
+                {
+                    self.probes += 1;
+                    return self.probes;
                 }
                 self.unhandled += 1;
                 if self.logged < UNHANDLED_LOG_LIMIT {

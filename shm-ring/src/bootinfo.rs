@@ -98,6 +98,9 @@ pub enum WorkloadKind {
     /// Test of OS B's NIC: send one broadcast frame (`args[0]` = its EtherType), wait for one
     /// frame back, report both.
     NicProbe = 6,
+    /// Exit benchmark: OS A makes `args[0]` fast-path exits (hypercall pings), then `args[0]`
+    /// supervisor-path exits (reads of the supervisor probe port).
+    ExitBench = 7,
 }
 
 impl WorkloadKind {
@@ -111,6 +114,7 @@ impl WorkloadKind {
             4 => WorkloadKind::TripleFault,
             5 => WorkloadKind::Spin,
             6 => WorkloadKind::NicProbe,
+            7 => WorkloadKind::ExitBench,
             _ => return None,
         })
     }

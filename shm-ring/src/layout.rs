@@ -164,6 +164,9 @@ pub const SERIAL_PORT_B: u16 = 0x2F8;
 pub const DEBUG_EXIT_PORT: u16 = 0xF4;
 /// Hypercall port: a 32-bit write of a [`Hypercall`] number notifies the host.
 pub const HYPERCALL_PORT: u16 = 0x510;
+/// A port the supervisor thread answers (a 32-bit read returns a running count): used to
+/// measure the supervisor path of exit handling.
+pub const SUPERVISOR_PROBE_PORT: u16 = 0x512;
 
 /// The status an OS writes to [`DEBUG_EXIT_PORT`] to end itself.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -219,6 +222,8 @@ pub enum Hypercall {
     ControlReply = 2,
     /// The OS published a new report in its report block.
     Report = 3,
+    /// Nothing: a no-op, used to measure the fast path of exit handling.
+    Ping = 4,
 }
 
 impl Hypercall {
@@ -228,6 +233,7 @@ impl Hypercall {
             1 => Some(Hypercall::Ready),
             2 => Some(Hypercall::ControlReply),
             3 => Some(Hypercall::Report),
+            4 => Some(Hypercall::Ping),
             _ => None,
         }
     }
