@@ -144,20 +144,41 @@ fn nic_probe(peer: &Peer, ether_type: u16) -> ! {
     frame[6..12].copy_from_slice(&mac);
     frame[12..14].copy_from_slice(&ether_type.to_be_bytes());
     frame[14..30].copy_from_slice(b"duovm nic probe!");
-    if nic.transmit(&frame).is_err() {
-        println!("nic: transmit queue full");
-        finish(peer, Status::Failed)
-    }
-    println!("nic: sent a {}-byte broadcast frame", frame.len());
+    // A peer's NIC may not be up yet (a frame that finds no receive buffer is dropped, as on
+    // real hardware): repeat the probe every 100 ms until a frame comes back.
     let mut received = [0u8; 1600];
     let mut length = None;
+    let mut sent = 0;
     let deadline = guest_rt::time::now_ns() + 5_000_000_000;
     while length.is_none() && guest_rt::time::now_ns() < deadline {
-        guest_rt::wait_until(1_000_000, || {
-            guest_rt::interrupts::count(shm_ring::layout::NET_VECTOR) > 0
-        });
-        nic.ack_interrupt();
-        length = nic.receive(&mut received);
+        if nic.transmit(&frame).is_ok() {
+            sent += 1;
+        }
+        if sent == 1 {
+            println!("nic: sent a {}-byte broadcast frame", frame.len());
+        }
+        let resend = guest_rt::time::now_ns() + 100_000_000;
+        loop {
+            let seen = guest_rt::interrupts::count(shm_ring::layout::NET_VECTOR);
+            nic.ack_interrupt();
+            length = nic.receive(&mut received);
+            if length.is_some() || guest_rt::time::now_ns() >= resend {
+                break;
+            }
+            // Sleep until the next NIC interrupt or the resend time, whichever comes first.
+            guest_rt::wait_until(10_000_000, || {
+                guest_rt::interrupts::count(shm_ring::layout::NET_VECTOR) != seen
+                    || guest_rt::time::now_ns() >= resend
+            });
+        }
+    }
+    // Keep probing a little longer so a peer whose NIC came up late hears from us too.
+    if length.is_some() {
+        for _ in 0..3 {
+            let _ = nic.transmit(&frame);
+            let until = guest_rt::time::now_ns() + 100_000_000;
+            guest_rt::wait_until(10_000_000, || guest_rt::time::now_ns() >= until);
+        }
     }
     match length {
         Some(len) => {

@@ -8,9 +8,13 @@
 //! - [`serial`]: per-OS, line-buffered, rate-limited serial logs;
 //! - [`vcpu`]: the vCPU thread loop;
 //! - [`vm`]: building a VM from a [`vm::VmConfig`] and running it under the supervisor;
+//! - [`devices`]: the device models (virtio-net over virtio-mmio) and network back-ends;
+//! - [`cluster`]: several VMs on the built-in switch;
+//! - [`ringbench`], [`exitbench`]: the in-VM benchmarks;
 //! - [`images`]: finding and building the guest kernels.
 
 pub mod arch;
+pub mod cluster;
 pub mod devices;
 pub mod exitbench;
 pub mod exits;

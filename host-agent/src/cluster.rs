@@ -1,0 +1,58 @@
+//! Several VMs in one agent process, their NICs joined by the built-in switch.
+//!
+//! Each VM runs on its own set of threads (two vCPUs, its NIC worker, and a supervisor), so a
+//! group of VMs is just a group of [`Vm::run`] calls on separate threads sharing one
+//! [`Switch`].
+
+use std::time::Duration;
+
+use crate::devices::pcap::PcapWriter;
+use crate::devices::switch::Switch;
+use crate::vm::{RunReport, Vm, VmConfig, VmError};
+
+/// One member of a group: its configuration and an optional capture of its NIC.
+#[derive(Debug)]
+pub struct Member {
+    /// The VM (its `net.mac` is its NIC's MAC).
+    pub config: VmConfig,
+    /// Where to capture its NIC's frames.
+    pub capture: Option<PcapWriter>,
+}
+
+/// Builds every VM, attaches each NIC to `switch`, runs them all and returns their reports in
+/// order. A VM that cannot be built fails the group before any runs.
+pub fn run_group(
+    members: Vec<Member>,
+    switch: &Switch,
+    timeout: Duration,
+) -> Result<Vec<RunReport>, VmError> {
+    let mut vms = Vec::new();
+    for member in members {
+        let mut config = member.config;
+        config.net.has_nic = 1;
+        let mut vm = Vm::build(&config)?;
+        let port = switch
+            .port(Some(config.net.mac))
+            .map_err(|error| VmError::Nic(format!("switch port: {error}")))?;
+        vm.attach_nic(config.net.mac, Box::new(port), member.capture)?;
+        vms.push(vm);
+    }
+    let handles: Vec<_> = vms
+        .into_iter()
+        .enumerate()
+        .map(|(index, vm)| {
+            std::thread::Builder::new()
+                .name(format!("vm-{index}"))
+                .spawn(move || vm.run(timeout))
+                .map_err(|error| VmError::Thread("VM", error))
+        })
+        .collect::<Result<_, _>>()?;
+    let mut reports = Vec::new();
+    for handle in handles {
+        match handle.join() {
+            Ok(result) => reports.push(result?),
+            Err(_) => return Err(VmError::Nic("a VM thread panicked".to_owned())),
+        }
+    }
+    Ok(reports)
+}
