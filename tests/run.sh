@@ -7,7 +7,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-bash scripts/setup.sh
+bash scripts/setup.sh tshark
 
 step() { printf '\n==> %s\n' "$*" >&2; }
 

@@ -7,7 +7,10 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use host_agent::cluster::{Member, run_group};
+use host_agent::devices::net_backend::NetBackend;
+use host_agent::devices::pcap::PcapWriter;
 use host_agent::devices::switch::{Switch, SwitchConfig};
+use host_agent::devices::tap::Tap;
 use host_agent::ringbench::{self, RingBenchParams, RingBenchReport};
 use host_agent::vm::{RunReport, Vm, VmConfig};
 use host_agent::{exitbench, images};
@@ -93,6 +96,8 @@ enum WorkloadArg {
     TripleFault,
     /// OS A spins forever with interrupts off; the timeout must end it.
     Spin,
+    /// OS B brings up its NIC, broadcasts a probe frame and waits for one frame back.
+    NicProbe,
 }
 
 #[derive(Debug, Args)]
@@ -124,6 +129,17 @@ struct RunArgs {
     /// What to run.
     #[arg(long, value_enum, default_value = "hello")]
     workload: WorkloadArg,
+    /// Give OS B a virtio-net NIC on this TAP interface (created if missing; bring it up and
+    /// address it yourself, e.g. in a network namespace). Without it, OS B's NIC (if the
+    /// workload needs one) is on the built-in switch.
+    #[arg(long, value_name = "NAME")]
+    tap: Option<String>,
+    /// Capture OS B's NIC to this pcap file (readable by tshark/wireshark).
+    #[arg(long, value_name = "FILE")]
+    pcap: Option<PathBuf>,
+    /// OS B's MAC address.
+    #[arg(long, default_value = "02:d0:00:00:00:0b", value_parser = parse_mac)]
+    mac: [u8; 6],
     #[command(flatten)]
     vm: VmArgs,
 }
@@ -196,11 +212,55 @@ fn run_workload(args: &RunArgs) -> Result<RunReport> {
         WorkloadArg::TouchPeer => WorkloadKind::TouchPeerSegment,
         WorkloadArg::TripleFault => WorkloadKind::TripleFault,
         WorkloadArg::Spin => WorkloadKind::Spin,
+        WorkloadArg::NicProbe => WorkloadKind::NicProbe,
     };
+    let mut workload = workload(kind);
+    workload.args[0] = 0x88b5;
     let images = args.vm.images()?;
-    let config = args.vm.config(images, [workload(kind), workload(kind)])?;
-    let vm = Vm::build(&config).context("cannot build the VM")?;
+    let mut config = args.vm.config(images, [workload; 2])?;
+    let wants_nic = args.tap.is_some() || args.pcap.is_some() || kind == WorkloadKind::NicProbe;
+    if wants_nic {
+        config.net = NetConfig {
+            mac: args.mac,
+            has_nic: 1,
+            ..NetConfig::default()
+        };
+    }
+    let mut vm = Vm::build(&config).context("cannot build the VM")?;
+    // Keeps the switch (and so the NIC's port) alive for the run.
+    let switch = Switch::new(SwitchConfig::default());
+    if wants_nic {
+        let capture = match &args.pcap {
+            Some(path) => Some(
+                PcapWriter::create(path)
+                    .with_context(|| format!("cannot create {}", path.display()))?,
+            ),
+            None => None,
+        };
+        let backend: Box<dyn NetBackend> = match &args.tap {
+            Some(name) => {
+                Box::new(Tap::open(name).with_context(|| format!("cannot open TAP {name}"))?)
+            }
+            None => Box::new(switch.port(Some(args.mac))?),
+        };
+        vm.attach_nic(args.mac, backend, capture)?;
+    }
     Ok(vm.run(args.vm.timeout())?)
+}
+
+/// Parses `aa:bb:cc:dd:ee:ff`.
+fn parse_mac(text: &str) -> Result<[u8; 6], String> {
+    let parts: Vec<&str> = text.split(':').collect();
+    let mut mac = [0u8; 6];
+    if parts.len() != 6 {
+        return Err(format!(
+            "{text} is not a MAC address like 02:d0:00:00:00:0b"
+        ));
+    }
+    for (byte, part) in mac.iter_mut().zip(parts) {
+        *byte = u8::from_str_radix(part, 16).map_err(|_| format!("{text} is not a MAC address"))?;
+    }
+    Ok(mac)
 }
 
 fn print_ring_report(report: &RingBenchReport) {
