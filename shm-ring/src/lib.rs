@@ -11,6 +11,7 @@
 //!   caller-provided region of shared memory.
 //! - [`pool`]: packet buffer pools with lock-free buffer return.
 //! - [`desc`]: the descriptors the rings carry.
+//! - [`netmsg`]: the network service protocol between OS A and OS B that runs over the rings.
 //!
 //! Everything read out of shared memory is untrusted: the peer may be buggy or hostile, so every
 //! index and descriptor is validated before use and a bad value is an error, never undefined
@@ -22,10 +23,13 @@ pub mod bootinfo;
 pub mod control;
 pub mod desc;
 pub mod layout;
+pub mod netmsg;
 #[cfg(any(test, feature = "std"))]
 mod owned;
 pub mod pool;
 pub mod ring;
+pub mod shared;
+pub mod stream;
 mod sync;
 
 #[cfg(any(test, feature = "std"))]
