@@ -152,7 +152,7 @@ impl<S: AsRef<[u64]> + AsMut<[u64]>> Client<S> {
         &mut self.pool
     }
 
-    /// The largest request payload (a pool A buffer less the request's header).
+    /// Size of a pool A buffer: the largest request, header included.
     pub fn buffer_size(&self) -> usize {
         self.pool.view().buffer_size() as usize
     }
@@ -219,9 +219,12 @@ impl<S: AsRef<[u64]> + AsMut<[u64]>> Client<S> {
         if len > self.buffer_size() {
             return Err(ClientError::TooLarge);
         }
-        // Reclaim on every send, not only when out of buffers: OS B stops taking requests
-        // while the return ring is full.
-        self.reclaim();
+        // OS B stops taking requests while the return ring is full, so reclaim long before
+        // that: whenever half a ring's worth of buffers is out (and when none is free).
+        let half_ring = self.endpoint.tx_return.capacity() / 2;
+        if self.pool.in_flight_count() >= half_ring || self.pool.free_count() == 0 {
+            self.reclaim();
+        }
         let room = self.endpoint.tx.free().map_err(ClientError::Ring)?;
         if room == 0 {
             return Err(ClientError::RingFull);
@@ -389,6 +392,14 @@ impl<S: AsRef<[u64]> + AsMut<[u64]>> Client<S> {
     /// [`Event::Closed`] follows; the handle is free after it.
     pub fn close(&mut self, handle: u32) -> Result<(), ClientError> {
         self.close_with(handle, false)
+    }
+
+    /// [`Client::close`] for a TCP connection or listener only (any other handle is refused).
+    pub fn tcp_close(&mut self, handle: u32) -> Result<(), ClientError> {
+        match self.socket_kind(handle) {
+            Some(SocketKind::Tcp | SocketKind::TcpListener) => self.close(handle),
+            _ => Err(ClientError::BadHandle),
+        }
     }
 
     /// Resets a TCP connection (or closes another socket). [`Event::Closed`] follows.

@@ -456,7 +456,7 @@ fn tcp_exchange(loss_ppm: u32, left_bytes: usize, right_bytes: usize) -> Net {
     assert!(got_left == inbound, "right -> left stream intact");
 
     // Orderly close: left closes, right sees EOF and closes, both get Closed.
-    net.left.client.close(conn).unwrap();
+    net.left.client.tcp_close(conn).unwrap();
     let (eof, before) = net.wait_for(true, |event| matches!(event, Ev::Eof(_)));
     assert_eq!(eof, Ev::Eof(peer));
     assert!(
@@ -715,4 +715,55 @@ fn udp_to_a_silent_host_does_not_hold_up_other_requests() {
         Ev::Error { code: ErrorCode::NoBufferSpace, meta, .. } if *meta == udp
     )));
     assert_eq!(net.left.service.stats().udp_tx_dropped, 12);
+}
+
+#[test]
+fn abort_resets_the_peer() {
+    let mut net = Net::new(WireConfig::default());
+    let listener = net.right.client.tcp_listen(7777, 1, 0).unwrap();
+    net.wait_for(true, |event| {
+        *event
+            == Ev::Bound {
+                handle: listener,
+                port: 7777,
+            }
+    });
+    let conn = net
+        .left
+        .client
+        .tcp_connect(SocketAddrV4::new(IP_RIGHT, 7777), 0, 0)
+        .unwrap();
+    net.wait_for(false, |event| matches!(event, Ev::Connected { .. }));
+    let (accepted, _) = net.wait_for(true, |event| matches!(event, Ev::Accepted { .. }));
+    let Ev::Accepted { handle: peer, .. } = accepted else {
+        unreachable!()
+    };
+    net.left.client.tcp_send(conn, b"bye").unwrap();
+    let (data, _) = net.wait_for(true, |event| matches!(event, Ev::Data { .. }));
+    assert_eq!(
+        data,
+        Ev::Data {
+            handle: peer,
+            data: b"bye".to_vec()
+        }
+    );
+    net.left.client.abort(conn).unwrap();
+    let (closed, _) = net.wait_for(false, |event| matches!(event, Ev::Closed(..)));
+    assert_eq!(closed, Ev::Closed(conn, CloseReason::Aborted));
+    let (closed, _) = net.wait_for(true, |event| matches!(event, Ev::Closed(..)));
+    assert_eq!(closed, Ev::Closed(peer, CloseReason::Reset));
+    // Both tables are back to the listener alone once the RST went out.
+    net.run_until(5_000_000_000, |net| {
+        (net.left.service.connections().count() == 0
+            && net.right.service.connections().count() == 1)
+            .then_some(())
+    });
+    // A connect on the freed handle space works again, and the listener still accepts.
+    let again = net
+        .left
+        .client
+        .tcp_connect(SocketAddrV4::new(IP_RIGHT, 7777), 0, 0)
+        .unwrap();
+    let (connected, _) = net.wait_for(false, |event| matches!(event, Ev::Connected { .. }));
+    assert!(matches!(connected, Ev::Connected { handle, .. } if handle == again));
 }
