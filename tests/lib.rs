@@ -75,3 +75,80 @@ pub fn run(config: &VmConfig, timeout: Duration) -> RunReport {
 pub fn source_root() -> PathBuf {
     images::source_root()
 }
+
+/// A network namespace made for one test, deleted on drop.
+#[derive(Debug)]
+pub struct NetNs {
+    /// Its name.
+    pub name: String,
+}
+
+impl NetNs {
+    /// Creates a namespace named `duovm-<tag>-<pid>` with loopback up.
+    pub fn new(tag: &str) -> NetNs {
+        let name = format!("duovm-{tag}-{}", std::process::id());
+        let _ = std::process::Command::new("ip")
+            .args(["netns", "del", &name])
+            .status();
+        run_command("ip", &["netns", "add", &name]);
+        let ns = NetNs { name };
+        ns.ip(&["link", "set", "lo", "up"]);
+        ns
+    }
+
+    /// Runs `ip -n <ns> args...`, panicking on failure.
+    pub fn ip(&self, args: &[&str]) {
+        let mut all = vec!["-n", self.name.as_str()];
+        all.extend_from_slice(args);
+        run_command("ip", &all);
+    }
+
+    /// Moves interface `interface` (in the root namespace) here, addresses it and brings it up.
+    pub fn adopt(&self, interface: &str, address: &str) {
+        run_command("ip", &["link", "set", interface, "netns", &self.name]);
+        self.ip(&["addr", "add", address, "dev", interface]);
+        self.ip(&["link", "set", interface, "up"]);
+    }
+
+    /// Runs a command inside the namespace and returns its output.
+    pub fn exec(&self, program: &str, args: &[&str]) -> std::process::Output {
+        let mut all = vec!["netns", "exec", self.name.as_str(), program];
+        all.extend_from_slice(args);
+        std::process::Command::new("ip")
+            .args(&all)
+            .output()
+            .expect("run ip netns exec")
+    }
+}
+
+impl Drop for NetNs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .status();
+    }
+}
+
+/// Runs a command, panicking with its output if it fails.
+pub fn run_command(program: &str, args: &[&str]) {
+    let output = std::process::Command::new(program)
+        .args(args)
+        .output()
+        .expect("run command");
+    assert!(
+        output.status.success(),
+        "{program} {args:?} failed: {}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+/// Whether TAP devices and network namespaces work here; says so loudly when not.
+pub fn tap_available(test: &str) -> bool {
+    let tun = std::path::Path::new("/dev/net/tun").exists();
+    let ip = std::process::Command::new("ip").arg("-V").output().is_ok();
+    if !tun || !ip {
+        eprintln!("!!!! SKIPPED {test}: /dev/net/tun or iproute2 is missing on this machine !!!!");
+    }
+    tun && ip
+}

@@ -7,7 +7,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-bash scripts/setup.sh tshark
+bash scripts/setup.sh tshark iputils-ping iproute2 python3
 
 step() { printf '\n==> %s\n' "$*" >&2; }
 

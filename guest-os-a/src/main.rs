@@ -7,6 +7,7 @@
 #![no_std]
 #![no_main]
 
+mod net;
 mod workloads;
 
 use guest_rt::{Platform, println};

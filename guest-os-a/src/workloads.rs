@@ -23,6 +23,22 @@ pub fn run(platform: &Platform) -> ! {
         // OS A has nothing to do while OS B tests its NIC.
         Some(WorkloadKind::NicProbe) => finish(&peer, Status::Success),
         Some(WorkloadKind::ExitBench) => exit_bench(&peer, workload.args[0]),
+        Some(WorkloadKind::TcpEcho) => {
+            let status =
+                crate::net::tcp_echo(platform, &peer, workload.args[0] as u16, workload.args[1]);
+            finish(&peer, status)
+        }
+        Some(WorkloadKind::UdpEcho) => {
+            let server = crate::net::address(workload.args[0], workload.args[1]);
+            let status = crate::net::udp_echo(
+                platform,
+                &peer,
+                server,
+                workload.args[2],
+                workload.args[3] as usize,
+            );
+            finish(&peer, status)
+        }
         Some(kind @ (WorkloadKind::RingBench | WorkloadKind::HostileDescriptor)) => {
             let hostile = (kind == WorkloadKind::HostileDescriptor).then_some(workload.args[3]);
             ring_producer(platform, &peer, hostile)

@@ -6,6 +6,7 @@
 #![no_std]
 #![no_main]
 
+mod net;
 mod nic;
 mod workloads;
 

@@ -24,6 +24,10 @@ pub fn run(platform: &Platform) -> ! {
         Some(WorkloadKind::NicProbe) => nic_probe(&peer, workload.args[0] as u16),
         // OS B has nothing to do in OS A's exit benchmark.
         Some(WorkloadKind::ExitBench) => finish(&peer, Status::Success),
+        Some(WorkloadKind::NetService) => {
+            let status = crate::net::serve(platform, &peer);
+            finish(&peer, status)
+        }
         // OS B idles through OS A's fault tests: the host ends the VM when OS A fails.
         Some(
             WorkloadKind::Hello

@@ -101,6 +101,14 @@ pub enum WorkloadKind {
     /// Exit benchmark: OS A makes `args[0]` fast-path exits (hypercall pings), then `args[0]`
     /// supervisor-path exits (reads of the supervisor probe port).
     ExitBench = 7,
+    /// OS B: run the network service (smoltcp over the NIC, serving OS A) until OS A ends.
+    NetService = 8,
+    /// OS A: a TCP echo server on port `args[0]`; finishes after `args[1]` connections closed
+    /// (0: never).
+    TcpEcho = 9,
+    /// OS A: send `args[2]` UDP datagrams of `args[3]` bytes to `args[0]` (IPv4, as a
+    /// big-endian `u32`) port `args[1]`, and check that each comes back unchanged.
+    UdpEcho = 10,
 }
 
 impl WorkloadKind {
@@ -115,6 +123,9 @@ impl WorkloadKind {
             5 => WorkloadKind::Spin,
             6 => WorkloadKind::NicProbe,
             7 => WorkloadKind::ExitBench,
+            8 => WorkloadKind::NetService,
+            9 => WorkloadKind::TcpEcho,
+            10 => WorkloadKind::UdpEcho,
             _ => return None,
         })
     }
