@@ -121,3 +121,101 @@ fn two_vms_exchange_frames_over_the_built_in_switch() {
         );
     }
 }
+
+/// Two VMs on one switch (with `loss` injected both ways): VM 1's OS A runs the echo server,
+/// VM 2's OS A runs `client`. Returns both reports.
+fn echo_pair(
+    client: shm_ring::bootinfo::Workload,
+    server: shm_ring::bootinfo::Workload,
+    loss: f64,
+) -> Vec<host_agent::vm::RunReport> {
+    use host_agent::cluster::{Member, run_group_until};
+    use host_agent::devices::switch::FaultConfig;
+    let service = workload(WorkloadKind::NetService, &[]);
+    let members = [(server, 1u8), (client, 2u8)]
+        .into_iter()
+        .map(|(os_a, index)| {
+            let mut config = config([os_a, service]);
+            config.net = NetConfig {
+                mac: [0x02, 0xd0, 0, 0, index, 0x0b],
+                prefix_len: 24,
+                has_nic: 1,
+                ipv4: [10, 77, 3, index],
+                gateway: [0; 4],
+            };
+            Member {
+                config,
+                capture: None,
+            }
+        })
+        .collect();
+    let faults = FaultConfig {
+        loss,
+        seed: 7,
+        ..FaultConfig::default()
+    };
+    let switch = Switch::new(SwitchConfig {
+        faults,
+        ..SwitchConfig::default()
+    });
+    // The server serves until the client is done.
+    let reports = run_group_until(members, &switch, Duration::from_secs(300), &[1]).unwrap();
+    if loss > 0.0 {
+        assert!(
+            switch.counters().lost > 0,
+            "no frame was lost: {:?}",
+            switch.counters()
+        );
+    }
+    reports
+}
+
+const SERVER: u64 = u32::from_be_bytes([10, 77, 3, 1]) as u64;
+
+#[test]
+fn two_vms_exchange_tcp_over_the_switch_with_and_without_loss() {
+    if !kvm_available("two_vms_exchange_tcp_over_the_switch_with_and_without_loss") {
+        return;
+    }
+    for loss in [0.0, 0.05] {
+        let server = workload(WorkloadKind::TcpEcho, &[7, 1, 0]);
+        let client = workload(WorkloadKind::TcpClient, &[SERVER, 7, 16 * 1024]);
+        let reports = echo_pair(client, server, loss);
+        assert!(reports[1].success(), "loss {loss}: {:#?}", reports[1]);
+        let client = reports[1].os(Role::A);
+        assert!(
+            client.serial_lines.iter().any(|l| l.starts_with(
+                "net: tcp client: 16384 of 16384 bytes came back intact and in order"
+            )),
+            "loss {loss}: {client:#?}"
+        );
+    }
+}
+
+#[test]
+fn two_vms_exchange_udp_over_the_switch_with_and_without_loss() {
+    if !kvm_available("two_vms_exchange_udp_over_the_switch_with_and_without_loss") {
+        return;
+    }
+    for loss in [0.0, 0.05] {
+        let server = workload(WorkloadKind::TcpEcho, &[7, 0, 0]);
+        let client = workload(WorkloadKind::UdpEcho, &[SERVER, 7, 20, 512]);
+        let reports = echo_pair(client, server, loss);
+        let client = reports[1].os(Role::A);
+        assert!(reports[1].success(), "loss {loss}: {:#?}", reports[1]);
+        assert!(
+            client.serial_lines.iter().any(|l| l
+                .starts_with("net: udp echo: 20 of 20 datagrams of 512 bytes came back intact")),
+            "loss {loss}: {client:#?}"
+        );
+        // The server echoed every datagram it got (some twice, with loss) until it was stopped.
+        assert!(
+            matches!(
+                reports[0].os(Role::A).end,
+                host_agent::vcpu::OsEnd::Stopped { .. }
+            ),
+            "{:#?}",
+            reports[0]
+        );
+    }
+}

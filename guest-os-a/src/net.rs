@@ -51,8 +51,15 @@ pub fn wait(client: &mut NetClient, peer: &Peer, deadline_ns: u64) {
     client.endpoint_mut().rx.woke_up();
 }
 
-/// A TCP echo server on `port`; ends after `connections` connections closed (0: never).
-pub fn tcp_echo(platform: &Platform, peer: &Peer, port: u16, connections: u64) -> Status {
+/// A TCP and UDP echo server on `port`; ends once `connections` TCP connections have closed
+/// and `datagrams` UDP datagrams were echoed (both 0: never).
+pub fn tcp_echo(
+    platform: &Platform,
+    peer: &Peer,
+    port: u16,
+    connections: u64,
+    datagrams: u64,
+) -> Status {
     let Some(mut client) = client(platform) else {
         return Status::Failed;
     };
@@ -64,9 +71,17 @@ pub fn tcp_echo(platform: &Platform, peer: &Peer, port: u16, connections: u64) -
             return Status::Failed;
         }
     };
+    let udp = match client.udp_bind(port) {
+        Ok(handle) => handle,
+        Err(error) => {
+            println!("net: bind UDP {port}: {error:?}");
+            return Status::Failed;
+        }
+    };
     let mut outgoing: Vec<(u32, Vec<u8>)> = Vec::new();
     let mut closing: Vec<u32> = Vec::new();
-    let (mut served, mut bytes) = (0u64, 0u64);
+    let mut echoes: Vec<(SocketAddrV4, Vec<u8>)> = Vec::new();
+    let (mut served, mut bytes, mut echoed) = (0u64, 0u64, 0u64);
     loop {
         while let Some(event) = client.poll() {
             match event {
@@ -84,6 +99,13 @@ pub fn tcp_echo(platform: &Platform, peer: &Peer, port: u16, connections: u64) -
                     }
                 }
                 Event::TcpEof { handle } => closing.push(handle),
+                Event::UdpRecv {
+                    handle,
+                    remote,
+                    payload,
+                } if handle == udp => {
+                    echoes.push((remote, payload.to_vec()));
+                }
                 Event::Closed { handle, reason } if handle != listener => {
                     served += 1;
                     outgoing.retain(|(h, _)| *h != handle);
@@ -100,6 +122,11 @@ pub fn tcp_echo(platform: &Platform, peer: &Peer, port: u16, connections: u64) -
                 _ => {}
             }
         }
+        for (remote, payload) in echoes.drain(..) {
+            if client.udp_send(udp, remote, &payload).is_ok() {
+                echoed += 1;
+            }
+        }
         for (handle, queue) in outgoing.iter_mut() {
             if let Ok(sent) = client.tcp_send(*handle, queue) {
                 queue.drain(..sent);
@@ -113,13 +140,100 @@ pub fn tcp_echo(platform: &Platform, peer: &Peer, port: u16, connections: u64) -
             }
             !flushed
         });
-        if connections != 0 && served >= connections {
+        let finite = connections != 0 || datagrams != 0;
+        if finite && served >= connections && echoed >= datagrams {
             peer.own.set_report(report::BYTES, bytes);
             peer.own.publish_report();
-            println!("net: tcp echo served {served} connections, {bytes} bytes");
+            println!(
+                "net: tcp echo served {served} connections, {bytes} bytes; {echoed} UDP datagrams echoed"
+            );
+            // Let OS B send the last echoes before this OS ends.
+            let until = guest_rt::time::now_ns() + 200_000_000;
+            while guest_rt::time::now_ns() < until {
+                while client.poll().is_some() {}
+                wait(&mut client, peer, until);
+            }
             return Status::Success;
         }
         wait(&mut client, peer, guest_rt::time::now_ns() + 10_000_000);
+    }
+}
+
+/// Connects to `server`, sends `total` bytes, checks that the same bytes come back, closes.
+pub fn tcp_client(platform: &Platform, peer: &Peer, server: SocketAddrV4, total: usize) -> Status {
+    let Some(mut client) = client(platform) else {
+        return Status::Failed;
+    };
+    peer.wait_ready();
+    let data: Vec<u8> = (0..total).map(|i| ((i * 7 + 3) % 251) as u8).collect();
+    let started = guest_rt::time::now_ns();
+    let deadline = started + 120_000_000_000;
+    let mut connection = None;
+    let (mut sent, mut received) = (0usize, Vec::with_capacity(total));
+    let mut attempts = 0;
+    while received.len() < total && guest_rt::time::now_ns() < deadline {
+        if connection.is_none() {
+            attempts += 1;
+            match client.tcp_connect(server, 0, 0) {
+                Ok(handle) => connection = Some((handle, false)),
+                Err(error) => println!("net: connect: {error:?}"),
+            }
+        }
+        while let Some(event) = client.poll() {
+            match event {
+                Event::TcpConnected { handle, .. } => {
+                    if let Some((h, established)) = connection.as_mut() {
+                        if *h == handle {
+                            *established = true;
+                        }
+                    }
+                }
+                Event::TcpData { data: chunk, .. } => received.extend_from_slice(chunk),
+                Event::Closed { handle, reason } => {
+                    if connection.is_some_and(|(h, _)| h == handle) {
+                        println!("net: connection closed early ({reason:?}); retrying");
+                        connection = None;
+                        sent = 0;
+                        received.clear();
+                    }
+                }
+                _ => {}
+            }
+        }
+        if let Some((handle, true)) = connection {
+            if sent < total {
+                if let Ok(count) = client.tcp_send(handle, &data[sent..]) {
+                    sent += count;
+                }
+            }
+        }
+        wait(&mut client, peer, guest_rt::time::now_ns() + 10_000_000);
+    }
+    if let Some((handle, _)) = connection {
+        let _ = client.tcp_close(handle);
+        let until = guest_rt::time::now_ns() + 500_000_000;
+        while guest_rt::time::now_ns() < until {
+            while client.poll().is_some() {}
+            wait(&mut client, peer, until);
+        }
+    }
+    let intact = received == data;
+    let millis = (guest_rt::time::now_ns() - started) / 1_000_000;
+    println!(
+        "net: tcp client: {} of {total} bytes came back {} in {millis} ms ({attempts} connection attempts)",
+        received.len(),
+        if intact {
+            "intact and in order"
+        } else {
+            "WRONG"
+        }
+    );
+    peer.own.set_report(report::VERIFIED, u64::from(intact));
+    peer.own.publish_report();
+    if intact {
+        Status::Success
+    } else {
+        Status::Failed
     }
 }
 

@@ -24,8 +24,13 @@ pub fn run(platform: &Platform) -> ! {
         Some(WorkloadKind::NicProbe) => finish(&peer, Status::Success),
         Some(WorkloadKind::ExitBench) => exit_bench(&peer, workload.args[0]),
         Some(WorkloadKind::TcpEcho) => {
-            let status =
-                crate::net::tcp_echo(platform, &peer, workload.args[0] as u16, workload.args[1]);
+            let args = workload.args;
+            let status = crate::net::tcp_echo(platform, &peer, args[0] as u16, args[1], args[2]);
+            finish(&peer, status)
+        }
+        Some(WorkloadKind::TcpClient) => {
+            let server = crate::net::address(workload.args[0], workload.args[1]);
+            let status = crate::net::tcp_client(platform, &peer, server, workload.args[2] as usize);
             finish(&peer, status)
         }
         Some(WorkloadKind::UdpEcho) => {

@@ -26,6 +26,17 @@ pub fn run_group(
     switch: &Switch,
     timeout: Duration,
 ) -> Result<Vec<RunReport>, VmError> {
+    run_group_until(members, switch, timeout, &[])
+}
+
+/// Like [`run_group`], but once every member listed in `leaders` has ended, the others are
+/// stopped (a server that would serve forever, once its clients are done).
+pub fn run_group_until(
+    members: Vec<Member>,
+    switch: &Switch,
+    timeout: Duration,
+    leaders: &[usize],
+) -> Result<Vec<RunReport>, VmError> {
     let mut vms = Vec::new();
     for member in members {
         let mut config = member.config;
@@ -37,16 +48,34 @@ pub fn run_group(
         vm.attach_nic(config.net.mac, Box::new(port), member.capture)?;
         vms.push(vm);
     }
+    let stops: Vec<_> = vms.iter().map(Vm::stop_handle).collect();
+    let (done_sender, done) = crossbeam_channel::unbounded();
     let handles: Vec<_> = vms
         .into_iter()
         .enumerate()
         .map(|(index, vm)| {
+            let done = done_sender.clone();
             std::thread::Builder::new()
                 .name(format!("vm-{index}"))
-                .spawn(move || vm.run(timeout))
+                .spawn(move || {
+                    let result = vm.run(timeout);
+                    let _ = done.send(index);
+                    result
+                })
                 .map_err(|error| VmError::Thread("VM", error))
         })
         .collect::<Result<_, _>>()?;
+    drop(done_sender);
+    if !leaders.is_empty() {
+        let mut waiting: Vec<usize> = leaders.to_vec();
+        while !waiting.is_empty() {
+            let Ok(index) = done.recv() else { break };
+            waiting.retain(|leader| *leader != index);
+        }
+        for stop in &stops {
+            stop.stop();
+        }
+    }
     let mut reports = Vec::new();
     for handle in handles {
         match handle.join() {

@@ -138,6 +138,17 @@ pub struct VmConfig {
     pub measure_exits: bool,
 }
 
+/// Stops a running VM from another thread.
+#[derive(Clone, Debug)]
+pub struct StopHandle(Arc<AtomicBool>);
+
+impl StopHandle {
+    /// Asks the VM to stop; its supervisor stops both vCPUs within about 20 ms.
+    pub fn stop(&self) {
+        self.0.store(true, Ordering::Release);
+    }
+}
+
 /// A NIC attached to a VM that has not started yet.
 struct PendingNic {
     device: Arc<Mutex<VirtioNet>>,
@@ -156,6 +167,7 @@ impl std::fmt::Debug for PendingNic {
 #[derive(Debug)]
 pub struct Vm {
     _kvm: Kvm,
+    stop: Arc<AtomicBool>,
     vm: VmFd,
     bus: Bus,
     nic: Option<PendingNic>,
@@ -346,6 +358,7 @@ impl Vm {
         }
         Ok(Vm {
             _kvm: kvm,
+            stop: Arc::new(AtomicBool::new(false)),
             vm,
             bus: Bus::new(),
             nic: None,
@@ -412,6 +425,11 @@ impl Vm {
             backend,
         });
         Ok(())
+    }
+
+    /// A handle that stops the running VM from another thread (both OSes end as stopped).
+    pub fn stop_handle(&self) -> StopHandle {
+        StopHandle(self.stop.clone())
     }
 
     /// The TSC frequency the guests were given, in kHz.
@@ -493,6 +511,7 @@ impl Vm {
         };
         let mut supervisor = Supervisor {
             bus: std::mem::take(&mut self.bus),
+            stop_requested: self.stop.clone(),
             ..Supervisor::default()
         };
         let outcomes = supervisor.serve(
@@ -624,6 +643,7 @@ fn prepare_os(
 #[derive(Debug, Default)]
 struct Supervisor {
     bus: Bus,
+    stop_requested: Arc<AtomicBool>,
     probes: u64,
     timed_out: bool,
     unhandled: u64,
@@ -722,11 +742,17 @@ impl Supervisor {
         let mut stopping = false;
         while outcomes.iter().any(Option::is_none) {
             let now = Instant::now();
-            let wait = if stopping {
-                Duration::from_millis(20)
-            } else {
-                deadline.saturating_duration_since(now)
-            };
+            let stop_requested = self.stop_requested.load(Ordering::Acquire);
+            if !stopping && (stop_requested || now >= deadline) {
+                // Checked on every message too, so a flood of exits cannot hold off the end.
+                self.timed_out = !stop_requested;
+                stopping = true;
+                Self::stop_all(threads, &finished);
+            }
+            // Wake at least every 20 ms: to re-kick while stopping, and to see a stop request.
+            let wait = deadline
+                .saturating_duration_since(now)
+                .min(Duration::from_millis(20));
             crossbeam_channel::select! {
                 recv(requests) -> message => {
                     if let Ok(message) = message {
@@ -746,12 +772,10 @@ impl Supervisor {
                     }
                 }
                 default(wait) => {
-                    if !stopping {
-                        self.timed_out = true;
-                        stopping = true;
+                    if stopping {
+                        // Kick again: a kick that landed outside KVM_RUN is not lost for long.
+                        Self::stop_all(threads, &finished);
                     }
-                    // Kick again: a kick that landed outside KVM_RUN is not lost for long.
-                    Self::stop_all(threads, &finished);
                 }
             }
         }

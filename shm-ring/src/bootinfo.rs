@@ -103,12 +103,15 @@ pub enum WorkloadKind {
     ExitBench = 7,
     /// OS B: run the network service (smoltcp over the NIC, serving OS A) until OS A ends.
     NetService = 8,
-    /// OS A: a TCP echo server on port `args[0]`; finishes after `args[1]` connections closed
-    /// (0: never).
+    /// OS A: a TCP and UDP echo server on port `args[0]`; finishes once `args[1]` TCP
+    /// connections have closed and `args[2]` UDP datagrams were echoed (both 0: never).
     TcpEcho = 9,
     /// OS A: send `args[2]` UDP datagrams of `args[3]` bytes to `args[0]` (IPv4, as a
     /// big-endian `u32`) port `args[1]`, and check that each comes back unchanged.
     UdpEcho = 10,
+    /// OS A: connect to `args[0]` (IPv4, big-endian `u32`) port `args[1]`, send `args[2]`
+    /// bytes and check that they come back in order.
+    TcpClient = 11,
 }
 
 impl WorkloadKind {
@@ -126,6 +129,7 @@ impl WorkloadKind {
             8 => WorkloadKind::NetService,
             9 => WorkloadKind::TcpEcho,
             10 => WorkloadKind::UdpEcho,
+            11 => WorkloadKind::TcpClient,
             _ => return None,
         })
     }
