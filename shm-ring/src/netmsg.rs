@@ -2061,6 +2061,7 @@ mod tests {
 
     proptest! {
         #[test]
+        #[cfg_attr(miri, ignore)] // proptest needs the file system; Miri isolates it
         fn arbitrary_bytes_never_panic(flags in prop_oneof![0u32..0x100, any::<u32>()],
                                        meta in any::<u32>(),
                                        bytes in proptest::collection::vec(any::<u8>(), 0..256)) {
@@ -2086,6 +2087,7 @@ mod tests {
         }
 
         #[test]
+        #[cfg_attr(miri, ignore)] // proptest needs the file system; Miri isolates it
         fn requests_round_trip(owned in arb_request()) {
             let request = owned.as_request();
             let mut out = vec![0u8; request.buffer_len()];
@@ -2100,6 +2102,7 @@ mod tests {
         }
 
         #[test]
+        #[cfg_attr(miri, ignore)] // proptest needs the file system; Miri isolates it
         fn events_round_trip(handle in client_handle(),
                              accepted in (1u32..ACCEPTED_HANDLE_BIT).prop_map(|h| h | ACCEPTED_HANDLE_BIT),
                              remote in arb_addr(),

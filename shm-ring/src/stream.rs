@@ -448,7 +448,7 @@ mod tests {
     use crate::shared::{self, Endpoint, SharedConfig};
     use std::sync::atomic::{AtomicU64, Ordering};
     use std::sync::{Arc, Condvar, Mutex};
-    use std::time::{Duration, Instant};
+    use std::time::Instant;
 
     #[test]
     fn payloads_verify_and_tampering_is_caught() {
@@ -564,9 +564,10 @@ mod tests {
 
     #[test]
     fn a_stream_moves_every_payload_across_threads() {
+        let count: u64 = if cfg!(miri) { 300 } else { 20_000 };
         for batch in [1, 7, 32] {
             let params = StreamParams {
-                descriptors: 20_000,
+                descriptors: count,
                 payload: 64,
                 batch,
                 hostile_after: None,
@@ -576,13 +577,11 @@ mod tests {
                 buffer_size: 256,
                 buffers_per_pool: 24,
             };
-            let started = Instant::now();
             let (produced, consumed) = run_stream(params, config);
-            assert!(started.elapsed() < Duration::from_secs(60));
-            assert_eq!(produced.descriptors, 20_000);
-            assert_eq!(consumed.verified, 20_000);
+            assert_eq!(produced.descriptors, count);
+            assert_eq!(consumed.verified, count);
             assert_eq!(consumed.rejected, 0);
-            assert_eq!(consumed.bytes, 20_000 * 64);
+            assert_eq!(consumed.bytes, count * 64);
         }
     }
 
