@@ -225,9 +225,10 @@ fn fast_path_exits_cause_no_context_switch_and_supervisor_exits_are_answered() {
         report.fast_path.context_switches_per_exit < 0.05,
         "{report:#?}"
     );
-    // The supervisor path hands over and waits.
+    // The supervisor path hands over and waits: the vCPU thread blocks or yields for the
+    // answer, a context switch or more per exit.
     assert!(
-        report.supervisor_path.context_switches.voluntary > 0,
+        report.supervisor_path.context_switches_per_exit > 0.5,
         "{report:#?}"
     );
 }

@@ -20,33 +20,35 @@ pub fn run(platform: &Platform) -> ! {
     let workload = platform.boot_info.workload;
     match WorkloadKind::from_u32(workload.kind) {
         Some(WorkloadKind::Hello) => hello(&peer),
+        Some(kind @ (WorkloadKind::RingBench | WorkloadKind::HostileDescriptor)) => {
+            let hostile = (kind == WorkloadKind::HostileDescriptor).then_some(workload.args[3]);
+            ring_producer(platform, &peer, hostile)
+        }
         // OS A has nothing to do while OS B tests its NIC.
         Some(WorkloadKind::NicProbe) => finish(&peer, Status::Success),
         Some(WorkloadKind::ExitBench) => exit_bench(&peer, workload.args[0]),
         Some(WorkloadKind::TcpEcho) => {
             let args = workload.args;
-            let status = crate::net::tcp_echo(platform, &peer, args[0] as u16, args[1], args[2]);
+            let status = crate::net::run(platform, &peer, |os, client| {
+                apps::net::tcp_echo(os, client, args[0] as u16, args[1], args[2])
+            });
             finish(&peer, status)
         }
         Some(WorkloadKind::TcpClient) => {
-            let server = crate::net::address(workload.args[0], workload.args[1]);
-            let status = crate::net::tcp_client(platform, &peer, server, workload.args[2] as usize);
+            let args = workload.args;
+            let server = crate::net::address(args[0], args[1]);
+            let status = crate::net::run(platform, &peer, |os, client| {
+                apps::net::tcp_client(os, client, server, args[2] as usize)
+            });
             finish(&peer, status)
         }
         Some(WorkloadKind::UdpEcho) => {
-            let server = crate::net::address(workload.args[0], workload.args[1]);
-            let status = crate::net::udp_echo(
-                platform,
-                &peer,
-                server,
-                workload.args[2],
-                workload.args[3] as usize,
-            );
+            let args = workload.args;
+            let server = crate::net::address(args[0], args[1]);
+            let status = crate::net::run(platform, &peer, |os, client| {
+                apps::net::udp_echo(os, client, server, args[2], args[3] as usize)
+            });
             finish(&peer, status)
-        }
-        Some(kind @ (WorkloadKind::RingBench | WorkloadKind::HostileDescriptor)) => {
-            let hostile = (kind == WorkloadKind::HostileDescriptor).then_some(workload.args[3]);
-            ring_producer(platform, &peer, hostile)
         }
         Some(WorkloadKind::TouchPeerSegment) => touch_peer_segment(),
         Some(WorkloadKind::TripleFault) => guest_rt::cpu::triple_fault(),
