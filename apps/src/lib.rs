@@ -25,6 +25,10 @@ pub trait Os {
     fn wait(&mut self, client: &mut NetClient, deadline_ns: u64);
     /// Writes one log line.
     fn log(&mut self, line: core::fmt::Arguments<'_>);
+    /// Whether the application was asked to end (servers that would serve forever check it).
+    fn should_stop(&mut self) -> bool {
+        false
+    }
 }
 
 /// Logs a formatted line through an [`Os`].

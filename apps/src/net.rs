@@ -97,6 +97,13 @@ pub fn tcp_echo(
             }
             !flushed
         });
+        if os.should_stop() {
+            log!(
+                os,
+                "net: tcp echo stopped: served {served} connections, {bytes} bytes; {echoed} UDP datagrams echoed"
+            );
+            return Outcome::Success;
+        }
         let finite = connections != 0 || datagrams != 0;
         if finite && served >= connections && echoed >= datagrams {
             log!(
@@ -139,31 +146,28 @@ pub fn tcp_client(
         }
         while let Some(event) = client.poll() {
             match event {
-                Event::TcpConnected { handle, .. } => {
-                    if let Some((h, established)) = connection.as_mut() {
-                        if *h == handle {
-                            *established = true;
-                        }
-                    }
+                Event::TcpConnected { handle, .. }
+                    if connection.is_some_and(|(h, _)| h == handle) =>
+                {
+                    connection = Some((handle, true));
                 }
                 Event::TcpData { data: chunk, .. } => received.extend_from_slice(chunk),
-                Event::Closed { handle, reason } => {
-                    if connection.is_some_and(|(h, _)| h == handle) {
-                        log!(os, "net: connection closed early ({reason:?}); retrying");
-                        connection = None;
-                        sent = 0;
-                        received.clear();
-                    }
+                Event::Closed { handle, reason }
+                    if connection.is_some_and(|(h, _)| h == handle) =>
+                {
+                    log!(os, "net: connection closed early ({reason:?}); retrying");
+                    connection = None;
+                    sent = 0;
+                    received.clear();
                 }
                 _ => {}
             }
         }
-        if let Some((handle, true)) = connection {
-            if sent < total {
-                if let Ok(count) = client.tcp_send(handle, &data[sent..]) {
-                    sent += count;
-                }
-            }
+        if let Some((handle, true)) = connection
+            && sent < total
+            && let Ok(count) = client.tcp_send(handle, &data[sent..])
+        {
+            sent += count;
         }
         let deadline = os.now_ns() + 10_000_000;
         os.wait(client, deadline);
@@ -232,10 +236,11 @@ pub fn udp_echo(
                         remote,
                         payload: echo,
                     } = event
+                        && handle == socket
+                        && remote == server
+                        && echo == payload.as_slice()
                     {
-                        if handle == socket && remote == server && echo == payload.as_slice() {
-                            answered = true;
-                        }
+                        answered = true;
                     }
                 }
                 if !answered {

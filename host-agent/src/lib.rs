@@ -21,6 +21,7 @@ pub mod exits;
 pub mod images;
 pub mod loader;
 pub mod memory;
+pub mod native;
 pub mod ringbench;
 pub mod serial;
 pub mod vcpu;

@@ -523,10 +523,10 @@ impl Vm {
         for (_, handle) in threads {
             let _ = handle.join();
         }
-        if let Some(worker) = worker {
-            if let Err(error) = worker.stop() {
-                eprintln!("host-agent: virtio-net worker: {error}");
-            }
+        if let Some(worker) = worker
+            && let Err(error) = worker.stop()
+        {
+            eprintln!("host-agent: virtio-net worker: {error}");
         }
         let nic = nic.map(|nic| crate::devices::bus::lock_device(&nic).counters());
         let timed_out = supervisor.timed_out;

@@ -1,0 +1,310 @@
+//! Native mode: the guests' engines as host threads.
+//!
+//! A native endpoint is what one VM is, without the VM: OS A's application (a `duovm-apps`
+//! function over a [`netsvc::Client`]) on one thread, OS B's network service
+//! ([`netsvc::NetService`]) on another, joined by the very same shm-ring rings and pools in a
+//! shared memory region, with OS B's NIC a port of the built-in switch (or a TAP). IPIs become
+//! eventfd writes and `hlt` becomes `poll(2)`. Nothing else differs, so figures measured here
+//! are the speed of the engines themselves on this CPU.
+
+use std::net::Ipv4Addr;
+use std::os::fd::{AsRawFd, BorrowedFd};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use apps::{NetClient, Os, Outcome};
+use netsvc::{Client, NetConfig, NetService, NicFull};
+use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+use shm_ring::OwnedRegion;
+use shm_ring::bootinfo::SharedLayout;
+use shm_ring::layout::{DEFAULT_SHARED_SIZE, Role};
+use shm_ring::pool::{PoolOwner, owner_storage_words};
+use shm_ring::shared::{self, Endpoint, SharedConfig};
+use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
+
+use crate::devices::net_backend::NetBackend;
+
+/// Errors setting up a native endpoint.
+#[derive(Debug, thiserror::Error)]
+pub enum NativeError {
+    /// The shared region could not be laid out or attached.
+    #[error("shared region: {0}")]
+    Shared(String),
+    /// The network service rejected its configuration.
+    #[error("network configuration: {0}")]
+    Net(String),
+    /// An eventfd or thread could not be made.
+    #[error("cannot start the endpoint: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// A [`NetBackend`] as OS B's NIC.
+struct BackendNic {
+    backend: Box<dyn NetBackend>,
+    mac: [u8; 6],
+}
+
+impl netsvc::Nic for BackendNic {
+    fn transmit(&mut self, frame: &[u8]) -> Result<(), NicFull> {
+        self.backend.send(frame).map_err(|_| NicFull)
+    }
+
+    fn receive(&mut self, buffer: &mut [u8]) -> Option<usize> {
+        self.backend.receive(buffer).ok().flatten()
+    }
+
+    fn mac(&self) -> [u8; 6] {
+        self.mac
+    }
+}
+
+/// The eventfd as a borrowed descriptor.
+fn borrow(event: &EventFd) -> BorrowedFd<'_> {
+    // SAFETY: the descriptor belongs to `event`, which outlives the returned borrow.
+    unsafe { BorrowedFd::borrow_raw(event.as_raw_fd()) }
+}
+
+/// Sleeps on `fds` until one is readable or `deadline` passes; drains the eventfds it owns.
+fn sleep_on(fds: &[BorrowedFd<'_>], deadline: Instant) {
+    let timeout = deadline
+        .saturating_duration_since(Instant::now())
+        .min(Duration::from_millis(50));
+    let mut poll_fds: Vec<PollFd<'_>> = fds
+        .iter()
+        .map(|fd| PollFd::new(*fd, PollFlags::POLLIN))
+        .collect();
+    let millis = timeout.as_millis().clamp(1, 50) as u16;
+    let _ = poll(&mut poll_fds, PollTimeout::from(millis));
+}
+
+/// OS A as a host thread: the clock is `Instant`, OS B is woken through its eventfd.
+#[derive(Debug)]
+pub struct NativeOs {
+    started: Instant,
+    wake_b: Arc<EventFd>,
+    wake_a: Arc<EventFd>,
+    tag: String,
+    /// The lines the application logged.
+    pub lines: Vec<String>,
+    /// Echo log lines to standard error.
+    pub echo: bool,
+    stop_app: Arc<AtomicBool>,
+}
+
+impl Os for NativeOs {
+    fn now_ns(&mut self) -> u64 {
+        self.started.elapsed().as_nanos() as u64
+    }
+
+    fn wait(&mut self, client: &mut NetClient, deadline_ns: u64) {
+        if client.take_signal() {
+            let _ = self.wake_b.write(1);
+        }
+        if client.endpoint_mut().rx.prepare_to_sleep() {
+            let deadline = self.started + Duration::from_nanos(deadline_ns);
+            sleep_on(&[borrow(&self.wake_a)], deadline);
+            let _ = self.wake_a.read();
+        }
+        client.endpoint_mut().rx.woke_up();
+    }
+
+    fn log(&mut self, line: core::fmt::Arguments<'_>) {
+        let line = line.to_string();
+        if self.echo {
+            eprintln!("[{}] {line}", self.tag);
+        }
+        self.lines.push(line);
+    }
+
+    fn should_stop(&mut self) -> bool {
+        self.stop_app.load(Ordering::Acquire)
+    }
+}
+
+/// A running native endpoint.
+#[derive(Debug)]
+pub struct NativeHandle {
+    thread: std::thread::JoinHandle<NativeReport>,
+    stop: Arc<AtomicBool>,
+    wake_a: Arc<EventFd>,
+}
+
+impl NativeHandle {
+    /// Asks the application to end (a server stops serving).
+    pub fn stop(&self) {
+        self.stop.store(true, Ordering::Release);
+        let _ = self.wake_a.write(1);
+    }
+
+    /// Waits for the application to end and returns the endpoint's report.
+    pub fn join(self) -> std::thread::Result<NativeReport> {
+        self.thread.join()
+    }
+}
+
+/// OS B as a host thread: serves until `stop` is set.
+fn serve(
+    mut service: NetService<BackendNic>,
+    mut endpoint: Endpoint,
+    wake_a: Arc<EventFd>,
+    wake_b: Arc<EventFd>,
+    stop: Arc<AtomicBool>,
+    started: Instant,
+) -> netsvc::NetStats {
+    let words = owner_storage_words(endpoint.own_pool.buffer_count());
+    let Ok(mut pool) = PoolOwner::new(endpoint.own_pool.clone(), vec![0u64; words]) else {
+        return service.stats();
+    };
+    while !stop.load(Ordering::Acquire) {
+        let now = started.elapsed().as_nanos() as u64;
+        let outcome = service.poll(now, &mut endpoint, &mut pool);
+        if outcome.signal_peer {
+            let _ = wake_a.write(1);
+        }
+        if outcome.busy {
+            continue;
+        }
+        let mut idle = endpoint.rx.prepare_to_sleep();
+        if outcome.starved {
+            idle &= endpoint.tx_return.prepare_to_sleep();
+        }
+        if idle {
+            let deadline = outcome
+                .deadline_ns
+                .map_or(Instant::now() + Duration::from_millis(10), |ns| {
+                    started + Duration::from_nanos(ns)
+                });
+            sleep_on(
+                &[borrow(&wake_b), service.nic().backend.ready_fd()],
+                deadline,
+            );
+            let _ = wake_b.read();
+        }
+        endpoint.rx.woke_up();
+        endpoint.tx_return.woke_up();
+    }
+    service.stats()
+}
+
+/// OS A's application in native mode.
+pub type NativeApp = Box<dyn FnOnce(&mut NativeOs, &mut NetClient) -> Outcome + Send>;
+
+/// One native endpoint: its network identity and OS A's application.
+pub struct NativeMember {
+    /// A tag for logs.
+    pub tag: String,
+    /// OS B's MAC.
+    pub mac: [u8; 6],
+    /// OS B's address.
+    pub ipv4: Ipv4Addr,
+    /// OS B's prefix length.
+    pub prefix_len: u8,
+    /// OS B's NIC.
+    pub backend: Box<dyn NetBackend>,
+    /// OS A's application.
+    pub app: NativeApp,
+    /// Echo the application's log lines.
+    pub echo: bool,
+}
+
+impl std::fmt::Debug for NativeMember {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NativeMember")
+            .field("tag", &self.tag)
+            .field("ipv4", &self.ipv4)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What a native endpoint did.
+#[derive(Debug)]
+pub struct NativeReport {
+    /// Its tag.
+    pub tag: String,
+    /// The application's outcome.
+    pub outcome: Outcome,
+    /// The application's log lines.
+    pub lines: Vec<String>,
+    /// OS B's counters.
+    pub net: netsvc::NetStats,
+}
+
+/// Starts one endpoint; the returned handle yields its report when its application ends.
+pub fn spawn(member: NativeMember) -> Result<NativeHandle, NativeError> {
+    let config = SharedConfig::default();
+    let size = DEFAULT_SHARED_SIZE as usize;
+    let layout = SharedLayout::compute(size as u64, config)
+        .map_err(|error| NativeError::Shared(error.to_string()))?;
+    let region = Arc::new(OwnedRegion::new(size));
+    // SAFETY: the region is valid for `size` bytes and nothing uses it yet.
+    unsafe { shared::init(region.as_ptr(), region.len(), &layout) }
+        .map_err(|error| NativeError::Shared(error.to_string()))?;
+    // SAFETY: the region outlives both endpoints (each thread holds an `Arc` to it) and there
+    // is one endpoint per role.
+    let a = unsafe { Endpoint::attach(region.as_ptr(), region.len(), &layout, Role::A) }
+        .map_err(|error| NativeError::Shared(error.to_string()))?;
+    // SAFETY: as above.
+    let b = unsafe { Endpoint::attach(region.as_ptr(), region.len(), &layout, Role::B) }
+        .map_err(|error| NativeError::Shared(error.to_string()))?;
+    let words = owner_storage_words(a.own_pool.buffer_count());
+    let mut client = Client::new(a, vec![0u64; words])
+        .map_err(|error| NativeError::Shared(error.to_string()))?;
+    let started = Instant::now();
+    let nic = BackendNic {
+        backend: member.backend,
+        mac: member.mac,
+    };
+    let net = NetConfig::new(member.mac, member.ipv4, member.prefix_len);
+    let service =
+        NetService::new(nic, net, 0).map_err(|error| NativeError::Net(error.to_string()))?;
+    let wake_a = Arc::new(EventFd::new(EFD_NONBLOCK)?);
+    let wake_b = Arc::new(EventFd::new(EFD_NONBLOCK)?);
+    let stop = Arc::new(AtomicBool::new(false));
+    let os_b = {
+        let (wake_a, wake_b, stop, region) =
+            (wake_a.clone(), wake_b.clone(), stop.clone(), region.clone());
+        std::thread::Builder::new()
+            .name(format!("{}-os-b", member.tag))
+            .spawn(move || {
+                let stats = serve(service, b, wake_a, wake_b, stop, started);
+                drop(region);
+                stats
+            })?
+    };
+    let tag = member.tag.clone();
+    let app = member.app;
+    let echo = member.echo;
+    let stop_app = Arc::new(AtomicBool::new(false));
+    let (stop_handle, wake_handle) = (stop_app.clone(), wake_a.clone());
+    let thread = std::thread::Builder::new()
+        .name(format!("{tag}-os-a"))
+        .spawn(move || {
+            let mut os = NativeOs {
+                started,
+                wake_b: wake_b.clone(),
+                wake_a,
+                tag: tag.clone(),
+                lines: Vec::new(),
+                echo,
+                stop_app,
+            };
+            let outcome = app(&mut os, &mut client);
+            stop.store(true, Ordering::Release);
+            let _ = wake_b.write(1);
+            let net = os_b.join().unwrap_or_default();
+            drop(client);
+            drop(region);
+            NativeReport {
+                tag,
+                outcome,
+                lines: os.lines,
+                net,
+            }
+        })?;
+    Ok(NativeHandle {
+        thread,
+        stop: stop_handle,
+        wake_a: wake_handle,
+    })
+}
