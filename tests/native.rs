@@ -64,3 +64,92 @@ fn native_endpoints_exchange_tcp_and_udp_over_a_lossy_switch() {
     let counters = switch.counters();
     assert!(counters.lost > 0, "{counters:?}");
 }
+
+fn rdma_pair(
+    test: apps::rdma::Test,
+    size: u32,
+    iters: u32,
+    faults: FaultConfig,
+) -> (apps::rdma::TestReport, apps::rdma::TestReport) {
+    use apps::rdma::{TestParams, run_test};
+    use std::sync::{Arc, Mutex};
+    let switch = Switch::new(SwitchConfig {
+        faults,
+        ..SwitchConfig::default()
+    });
+    let server_ip = Ipv4Addr::new(10, 78, 0, 1);
+    let params = |local: Ipv4Addr, server: Option<Ipv4Addr>| TestParams {
+        test,
+        size,
+        iters,
+        server,
+        local,
+        port: 18515,
+        mtu: roce::verbs::Mtu::Mtu1024,
+    };
+    type Results = Vec<(u8, Result<apps::rdma::TestReport, apps::rdma::TestError>)>;
+    let results: Arc<Mutex<Results>> = Arc::default();
+    let mut handles = Vec::new();
+    for index in [1u8, 2] {
+        let results = results.clone();
+        let local = Ipv4Addr::new(10, 78, 0, index);
+        let test_params = params(local, (index == 2).then_some(server_ip));
+        let app: host_agent::native::NativeApp = Box::new(move |os, client| {
+            let result = run_test(os, client, &test_params);
+            let outcome = if result.as_ref().is_ok_and(|r| r.verified) {
+                Outcome::Success
+            } else {
+                Outcome::Failed
+            };
+            results.lock().unwrap().push((index, result));
+            outcome
+        });
+        handles.push(spawn(member(&switch, index, app)).unwrap());
+    }
+    for handle in handles {
+        let report = handle.join().unwrap();
+        assert_eq!(
+            report.outcome,
+            Outcome::Success,
+            "{test:?}: {:?} {:?}",
+            report.lines,
+            results.lock().unwrap()
+        );
+    }
+    let results = results.lock().unwrap();
+    let get = |index: u8| {
+        results
+            .iter()
+            .find(|(i, _)| *i == index)
+            .unwrap()
+            .1
+            .unwrap()
+    };
+    (get(1), get(2))
+}
+
+#[test]
+fn every_rdma_test_runs_natively_over_a_lossy_switch() {
+    use apps::rdma::Test;
+    let faults = FaultConfig {
+        loss: 0.02,
+        duplication: 0.01,
+        reordering: 0.01,
+        seed: 5,
+    };
+    for (test, size, iters) in [
+        (Test::WriteBw, 65536, 64),
+        (Test::SendBw, 4096, 200),
+        (Test::WriteLat, 64, 100),
+        (Test::ReadLat, 4096, 100),
+        (Test::AtomicLat, 8, 100),
+        (Test::Pingpong, 4096, 100),
+    ] {
+        let (server, client) = rdma_pair(test, size, iters, faults);
+        assert!(
+            server.verified && client.verified,
+            "{test:?}: {server:?} {client:?}"
+        );
+        assert_eq!(client.messages, u64::from(iters), "{test:?}");
+    }
+}

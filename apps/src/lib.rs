@@ -10,6 +10,7 @@
 extern crate alloc;
 
 pub mod net;
+pub mod rdma;
 
 use alloc::vec::Vec;
 

@@ -1,0 +1,1032 @@
+//! RDMA applications: perftest-like tests and `rc_pingpong`, over the verbs engine of `roce`.
+//!
+//! The engine ([`roce::verbs::Device`]) turns verbs into whole RoCEv2 IPv4 packets; this module
+//! carries them through OS B ([`NetClient::roce_send`], and [`Event::RoceRx`] back), drives the
+//! engine's timers, and sets connections up the way `ibv_rc_pingpong` does: over TCP port 18515,
+//! each side sends `LID:QPN:PSN:GID` (52 bytes), the server answers with its own, the client
+//! says `done`. For the tests that target the server's memory (WRITE, READ, atomics), the
+//! server appends its region's `RKEY:VADDR` (`%08x:%016x` and a NUL, 26 bytes) to its message:
+//! duovm's extension, not sent to `rc_pingpong` peers.
+//!
+//! Every test checks what it moved: WRITE slots hold the pattern of the last message written
+//! to them, SENDs arrive in order with their pattern, READs return the server's pattern, every
+//! FETCH_ADD returns the count before it, and every work request completes exactly once with
+//! success.
+
+use alloc::vec;
+use alloc::vec::Vec;
+use core::net::{Ipv4Addr, SocketAddrV4};
+
+use netsvc::netmsg::Event;
+use roce::oob::{self, Destination};
+use roce::verbs::{
+    AccessFlags, CqHandle, Device, DeviceConfig, Gid, MrHandle, Mtu, QpAttr, QpAttrMask, QpCap,
+    QpHandle, QpInitAttr, QpState, RecvWr, SendWr, Sge, WcFlags, WcOpcode, WcStatus,
+    WorkCompletion, WrOperation,
+};
+
+use crate::{NetClient, Os, log};
+
+/// The tests.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u32)]
+pub enum Test {
+    /// RDMA WRITE bandwidth.
+    WriteBw = 1,
+    /// RDMA WRITE (with immediate) ping-pong latency.
+    WriteLat = 2,
+    /// RDMA READ latency.
+    ReadLat = 3,
+    /// SEND bandwidth.
+    SendBw = 4,
+    /// FETCH_AND_ADD latency.
+    AtomicLat = 5,
+    /// `ibv_rc_pingpong`'s SEND ping-pong.
+    Pingpong = 6,
+}
+
+impl Test {
+    /// The test for a raw value.
+    pub const fn from_u32(value: u32) -> Option<Test> {
+        Some(match value {
+            1 => Test::WriteBw,
+            2 => Test::WriteLat,
+            3 => Test::ReadLat,
+            4 => Test::SendBw,
+            5 => Test::AtomicLat,
+            6 => Test::Pingpong,
+            _ => return None,
+        })
+    }
+
+    /// Its name, as `host-agent rdma-bench --test` spells it.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Test::WriteBw => "write_bw",
+            Test::WriteLat => "write_lat",
+            Test::ReadLat => "read_lat",
+            Test::SendBw => "send_bw",
+            Test::AtomicLat => "atomic_lat",
+            Test::Pingpong => "rc_pingpong",
+        }
+    }
+
+    fn targets_server_memory(self) -> bool {
+        matches!(
+            self,
+            Test::WriteBw | Test::WriteLat | Test::ReadLat | Test::AtomicLat
+        )
+    }
+}
+
+/// What to run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TestParams {
+    /// The test.
+    pub test: Test,
+    /// Message size in bytes (8 for atomics).
+    pub size: u32,
+    /// Messages.
+    pub iters: u32,
+    /// The server to connect to; `None` makes this side the server.
+    pub server: Option<Ipv4Addr>,
+    /// This side's IPv4 address (the RoCE device's).
+    pub local: Ipv4Addr,
+    /// TCP port of the connection exchange.
+    pub port: u16,
+    /// Path MTU.
+    pub mtu: Mtu,
+}
+
+/// What a side measured.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct TestReport {
+    /// Messages completed.
+    pub messages: u64,
+    /// Payload bytes moved.
+    pub bytes: u64,
+    /// Nanoseconds from the first post to the last completion.
+    pub elapsed_ns: u64,
+    /// Median latency per message, nanoseconds (latency tests).
+    pub p50_ns: u64,
+    /// 99th percentile latency, nanoseconds (latency tests).
+    pub p99_ns: u64,
+    /// Packets the engine sent again.
+    pub retransmissions: u64,
+    /// Everything checked out.
+    pub verified: bool,
+}
+
+/// Why a test stopped.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TestError {
+    /// A verb failed.
+    Verbs(roce::verbs::VerbsError),
+    /// The network service refused.
+    Net(netsvc::ClientError),
+    /// The connection exchange failed or sent something unreadable.
+    Exchange(&'static str),
+    /// A work request completed with an error.
+    Completion(WcStatus),
+    /// Nothing happened for too long.
+    Timeout(&'static str),
+    /// The data did not check out.
+    BadData(&'static str),
+}
+
+impl From<roce::verbs::VerbsError> for TestError {
+    fn from(error: roce::verbs::VerbsError) -> Self {
+        TestError::Verbs(error)
+    }
+}
+
+impl From<netsvc::ClientError> for TestError {
+    fn from(error: netsvc::ClientError) -> Self {
+        TestError::Net(error)
+    }
+}
+
+/// Immediate data of the client's final "done" SEND.
+const DONE_IMM: u32 = u32::from_be_bytes(*b"DONE");
+/// WRITE slots in the server's region for bandwidth tests.
+const SLOTS: u64 = 16;
+/// Work requests in flight in bandwidth tests.
+const TX_DEPTH: usize = 64;
+/// Receives kept posted.
+const RX_DEPTH: usize = 256;
+/// How long any one step may wait before the test gives up.
+const STEP_TIMEOUT_NS: u64 = 60_000_000_000;
+/// The server region's base address.
+const REMOTE_BASE: u64 = 0x1_0000_0000;
+
+/// The byte at `offset` of message `index`.
+fn pattern(index: u64, offset: usize) -> u8 {
+    (index as usize).wrapping_mul(31).wrapping_add(offset) as u8 ^ 0x5a
+}
+
+/// The connection over TCP used for the exchange.
+#[derive(Debug, Default)]
+struct Exchange {
+    listener: Option<u32>,
+    handle: Option<u32>,
+    connected: bool,
+    closed: bool,
+    inbox: Vec<u8>,
+}
+
+/// Everything a test uses.
+struct Link<'a, O: Os> {
+    os: &'a mut O,
+    client: &'a mut NetClient,
+    device: Device,
+    transmit: Vec<u8>,
+    exchange: Exchange,
+    send_drops: u64,
+}
+
+impl<O: Os> Link<'_, O> {
+    /// Moves packets and events: received RoCE packets into the engine, the engine's packets
+    /// out, its timers; TCP events of the exchange into `exchange`.
+    fn pump(&mut self) {
+        let now = self.os.now_ns();
+        while let Some(event) = self.client.poll() {
+            let exchange = &mut self.exchange;
+            match event {
+                Event::RoceRx { packet } => self.device.receive(packet, now),
+                Event::TcpAccepted {
+                    listener, handle, ..
+                } if Some(listener) == exchange.listener && exchange.handle.is_none() => {
+                    exchange.handle = Some(handle);
+                    exchange.connected = true;
+                }
+                Event::TcpConnected { handle, .. } if Some(handle) == exchange.handle => {
+                    exchange.connected = true;
+                }
+                Event::TcpData { handle, data } if Some(handle) == exchange.handle => {
+                    exchange.inbox.extend_from_slice(data);
+                }
+                Event::TcpEof { handle } | Event::Closed { handle, .. }
+                    if Some(handle) == exchange.handle =>
+                {
+                    exchange.closed = true;
+                }
+                _ => {}
+            }
+        }
+        self.device.handle_timeouts(now);
+        while let Some(len) = self.device.poll_transmit(now, &mut self.transmit) {
+            if self.client.roce_send(&self.transmit[..len]).is_err() {
+                // The engine retransmits what the network lost; count it and go on.
+                self.send_drops += 1;
+            }
+        }
+    }
+
+    /// Sleeps until OS B signals, the engine's next timer, or 10 ms.
+    fn idle(&mut self) {
+        let now = self.os.now_ns();
+        let deadline = self
+            .device
+            .next_deadline()
+            .unwrap_or(u64::MAX)
+            .min(now + 10_000_000);
+        self.os.wait(self.client, deadline.max(now + 1_000));
+    }
+
+    /// Pumps until `done` holds, or fails after [`STEP_TIMEOUT_NS`].
+    fn until(
+        &mut self,
+        what: &'static str,
+        mut done: impl FnMut(&mut Self) -> bool,
+    ) -> Result<(), TestError> {
+        let deadline = self.os.now_ns() + STEP_TIMEOUT_NS;
+        loop {
+            self.pump();
+            if done(self) {
+                return Ok(());
+            }
+            if self.os.now_ns() > deadline {
+                return Err(TestError::Timeout(what));
+            }
+            self.idle();
+        }
+    }
+
+    /// Sends `data` on the exchange connection.
+    fn tcp_send_all(&mut self, data: &[u8]) -> Result<(), TestError> {
+        let handle = self
+            .exchange
+            .handle
+            .ok_or(TestError::Exchange("no connection"))?;
+        let mut sent = 0;
+        self.until("sending the connection message", |link| {
+            if let Ok(count) = link.client.tcp_send(handle, &data[sent..]) {
+                sent += count;
+            }
+            sent == data.len()
+        })
+    }
+
+    /// Takes `len` bytes from the exchange connection.
+    fn tcp_take(&mut self, len: usize) -> Result<Vec<u8>, TestError> {
+        self.until("waiting for the peer's connection message", |link| {
+            link.exchange.inbox.len() >= len || link.exchange.closed
+        })?;
+        if self.exchange.inbox.len() < len {
+            return Err(TestError::Exchange("the peer closed the connection early"));
+        }
+        Ok(self.exchange.inbox.drain(..len).collect())
+    }
+
+    /// Polls `cq` until `count` completions arrived; each must be a success.
+    fn completions(
+        &mut self,
+        cq: CqHandle,
+        count: usize,
+        what: &'static str,
+    ) -> Result<Vec<WorkCompletion>, TestError> {
+        let mut out = Vec::with_capacity(count);
+        let mut batch = [WorkCompletion::default(); 16];
+        let mut failure = None;
+        self.until(what, |link| {
+            while out.len() < count {
+                // Never take more than asked for: the rest stay queued for the next call.
+                let room = (count - out.len()).min(batch.len());
+                let Ok(got) = link.device.poll_cq(cq, &mut batch[..room]) else {
+                    break;
+                };
+                if got == 0 {
+                    break;
+                }
+                for completion in &batch[..got] {
+                    if completion.status != WcStatus::Success && failure.is_none() {
+                        failure = Some(completion.status);
+                    }
+                    out.push(*completion);
+                }
+            }
+            out.len() >= count || failure.is_some()
+        })?;
+        match failure {
+            Some(status) => Err(TestError::Completion(status)),
+            None => Ok(out),
+        }
+    }
+}
+
+/// The queue pair and memory of one side.
+struct Resources {
+    cq: CqHandle,
+    qp: QpHandle,
+    mr: MrHandle,
+    base: u64,
+    lkey: u32,
+    rkey: u32,
+    psn: u32,
+}
+
+fn set_up(device: &mut Device, region: u64, seed: u64) -> Result<Resources, TestError> {
+    let pd = device.alloc_pd()?;
+    let mr = device.reg_mr_at(pd, REMOTE_BASE, region, AccessFlags::ALL)?;
+    let info = device.mr(mr)?.info();
+    let cq = device.create_cq(1024)?;
+    let cap = QpCap {
+        max_send_wr: 256,
+        max_recv_wr: RX_DEPTH as u32 + 16,
+        max_send_sge: 1,
+        max_recv_sge: 1,
+        max_inline_data: 0,
+    };
+    let qp = device.create_qp(pd, &QpInitAttr::new(cq, cq, cap))?;
+    let init = QpAttr {
+        qp_state: QpState::Init,
+        port_num: 1,
+        pkey_index: 0,
+        qp_access_flags: AccessFlags::ALL,
+        ..QpAttr::default()
+    };
+    device.modify_qp(qp, &init, QpAttrMask::INIT_REQUIRED)?;
+    Ok(Resources {
+        cq,
+        qp,
+        mr,
+        base: info.addr,
+        lkey: info.lkey,
+        rkey: info.rkey,
+        psn: (seed ^ (seed >> 24)) as u32 & 0xff_ffff,
+    })
+}
+
+fn connect(
+    device: &mut Device,
+    resources: &Resources,
+    remote: &Destination,
+    mtu: Mtu,
+) -> Result<(), TestError> {
+    let (rtr, mask) = remote.rtr_attr(mtu);
+    device.modify_qp(resources.qp, &rtr, mask)?;
+    let (rts, mask) = oob::rts_attr(resources.psn);
+    device.modify_qp(resources.qp, &rts, mask)?;
+    Ok(())
+}
+
+fn post_recv(
+    device: &mut Device,
+    resources: &Resources,
+    wr_id: u64,
+    offset: u64,
+    len: u32,
+) -> Result<(), TestError> {
+    let sge = [Sge {
+        addr: resources.base + offset,
+        length: len,
+        lkey: resources.lkey,
+    }];
+    device.post_recv(
+        resources.qp,
+        &RecvWr {
+            wr_id,
+            sg_list: &sge,
+        },
+    )?;
+    Ok(())
+}
+
+fn post_send(
+    device: &mut Device,
+    resources: &Resources,
+    wr_id: u64,
+    operation: WrOperation,
+    offset: u64,
+    len: u32,
+) -> Result<(), TestError> {
+    let sge = [Sge {
+        addr: resources.base + offset,
+        length: len,
+        lkey: resources.lkey,
+    }];
+    device.post_send(
+        resources.qp,
+        &SendWr::new(wr_id, operation, &sge).signaled(),
+    )?;
+    Ok(())
+}
+
+fn percentile(sorted: &[u64], fraction: f64) -> u64 {
+    if sorted.is_empty() {
+        return 0;
+    }
+    let index = ((sorted.len() - 1) as f64 * fraction) as usize;
+    sorted[index.min(sorted.len() - 1)]
+}
+
+/// The server region's remote key and address, as the server appends them.
+fn memory_message(rkey: u32, addr: u64) -> [u8; 26] {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut out = [0u8; 26];
+    for (index, shift) in (0..8).rev().enumerate() {
+        out[index] = HEX[((rkey >> (shift * 4)) & 0xf) as usize];
+    }
+    out[8] = b':';
+    for (index, shift) in (0..16).rev().enumerate() {
+        out[9 + index] = HEX[((addr >> (shift * 4)) & 0xf) as usize];
+    }
+    out
+}
+
+fn parse_memory_message(message: &[u8]) -> Option<(u32, u64)> {
+    let text = core::str::from_utf8(message.get(..25)?).ok()?;
+    let (rkey, addr) = text.split_once(':')?;
+    Some((
+        u32::from_str_radix(rkey, 16).ok()?,
+        u64::from_str_radix(addr, 16).ok()?,
+    ))
+}
+
+/// Runs one side of a test.
+pub fn run_test(
+    os: &mut impl Os,
+    client: &mut NetClient,
+    params: &TestParams,
+) -> Result<TestReport, TestError> {
+    let size = if params.test == Test::AtomicLat {
+        8
+    } else {
+        params.size.max(1)
+    };
+    let region = (u64::from(size) * SLOTS)
+        .max(u64::from(size) * RX_DEPTH as u64)
+        .max(4096);
+    let seed = os.now_ns();
+    let mut config = DeviceConfig::new(params.local);
+    config.seed = seed;
+    let mut device = Device::new(config);
+    let resources = set_up(&mut device, region, seed)?;
+    if params.server.is_none() && params.test == Test::ReadLat {
+        // The pattern READs fetch, in place before the client can connect.
+        let bytes = device.mr_mut(resources.mr)?.as_mut_slice();
+        for (offset, byte) in bytes.iter_mut().enumerate().take(size as usize) {
+            *byte = pattern(0, offset);
+        }
+    }
+    // Receives go up before the connection exchange, as rc_pingpong posts them, so the
+    // peer's first SEND never finds an empty receive queue.
+    let initial_receives = match (params.server.is_some(), params.test) {
+        (_, Test::Pingpong) => (params.iters as usize).min(RX_DEPTH),
+        (false, Test::SendBw) => RX_DEPTH,
+        (false, _) => 1,
+        (true, _) => 0,
+    };
+    for index in 0..initial_receives as u64 {
+        let (wr_id, offset) = match params.test {
+            Test::Pingpong => (1 << 32 | index, u64::from(size)),
+            Test::SendBw => (index, index * u64::from(size)),
+            _ => (0, 0),
+        };
+        let len = if matches!(params.test, Test::Pingpong | Test::SendBw) {
+            size
+        } else {
+            0
+        };
+        post_recv(&mut device, &resources, wr_id, offset, len)?;
+    }
+    let transmit = vec![0u8; device.max_packet_len().max(4096 + 128)];
+    let mut link = Link {
+        os,
+        client,
+        device,
+        transmit,
+        exchange: Exchange::default(),
+        send_drops: 0,
+    };
+    let own = Destination {
+        lid: 0,
+        qpn: resources.qp.qp_num(),
+        psn: resources.psn,
+        gid: Gid::from_ipv4(params.local),
+    };
+
+    // The connection exchange, as rc_pingpong does it.
+    let remote_memory = match params.server {
+        None => {
+            let listener = link.client.tcp_listen(params.port, 1, 0)?;
+            link.exchange.listener = Some(listener);
+            log!(
+                link.os,
+                "rdma: {} server waiting on TCP port {}",
+                params.test.name(),
+                params.port
+            );
+            link.until("waiting for the client", |link| link.exchange.connected)?;
+            let message = link.tcp_take(oob::MESSAGE_LEN)?;
+            let remote = Destination::from_message(&message)
+                .map_err(|_| TestError::Exchange("bad connection message"))?;
+            connect(&mut link.device, &resources, &remote, params.mtu)?;
+            link.tcp_send_all(&own.to_message())?;
+            if params.test.targets_server_memory() {
+                link.tcp_send_all(&memory_message(resources.rkey, resources.base))?;
+            }
+            let done = link.tcp_take(oob::DONE.len())?;
+            if !oob::is_done(&done) {
+                return Err(TestError::Exchange("no done from the client"));
+            }
+            log!(
+                link.os,
+                "rdma: connected to QPN {:#08x} at {}",
+                remote.qpn,
+                remote.gid.to_ipv4().unwrap_or(Ipv4Addr::UNSPECIFIED)
+            );
+            None
+        }
+        Some(server) => {
+            let handle = link
+                .client
+                .tcp_connect(SocketAddrV4::new(server, params.port), 0, 0)?;
+            link.exchange.handle = Some(handle);
+            link.until("connecting to the server", |link| {
+                link.exchange.connected || link.exchange.closed
+            })?;
+            if !link.exchange.connected {
+                return Err(TestError::Exchange("the server refused the connection"));
+            }
+            link.tcp_send_all(&own.to_message())?;
+            let message = link.tcp_take(oob::MESSAGE_LEN)?;
+            let remote = Destination::from_message(&message)
+                .map_err(|_| TestError::Exchange("bad connection message"))?;
+            let memory = if params.test.targets_server_memory() {
+                let message = link.tcp_take(26)?;
+                Some(
+                    parse_memory_message(&message)
+                        .ok_or(TestError::Exchange("bad memory message"))?,
+                )
+            } else {
+                None
+            };
+            connect(&mut link.device, &resources, &remote, params.mtu)?;
+            link.tcp_send_all(&oob::DONE)?;
+            log!(
+                link.os,
+                "rdma: connected to QPN {:#08x} at {server}",
+                remote.qpn
+            );
+            memory
+        }
+    };
+    if let Some(handle) = link.exchange.handle {
+        let _ = link.client.tcp_close(handle);
+    }
+
+    let mut report = match (params.server.is_some(), params.test) {
+        (false, test) => serve(&mut link, &resources, params, size, test)?,
+        (true, Test::WriteBw) => write_bw(&mut link, &resources, params, size, remote_memory)?,
+        (true, Test::SendBw) => send_bw(&mut link, &resources, params, size)?,
+        (true, Test::WriteLat) => write_lat(&mut link, &resources, params, size, remote_memory)?,
+        (true, Test::ReadLat | Test::AtomicLat) => {
+            read_or_atomic_lat(&mut link, &resources, params, size, remote_memory)?
+        }
+        (true, Test::Pingpong) => pingpong(&mut link, &resources, params, size, true)?,
+    };
+    // Let the last ACKs go out before this side goes away.
+    let until = link.os.now_ns() + 100_000_000;
+    while link.os.now_ns() < until {
+        link.pump();
+        link.idle();
+    }
+    report.retransmissions = link.device.counters().retransmitted_packets;
+    Ok(report)
+}
+
+/// The server side: mostly passive; checks its memory and the client's SENDs.
+fn serve<O: Os>(
+    link: &mut Link<'_, O>,
+    resources: &Resources,
+    params: &TestParams,
+    size: u32,
+    test: Test,
+) -> Result<TestReport, TestError> {
+    let iters = u64::from(params.iters);
+    if test == Test::Pingpong {
+        return pingpong(link, resources, params, size, false);
+    }
+    if test == Test::WriteLat {
+        // Answer each WRITE_WITH_IMM with a zero-length SEND_WITH_IMM; the client waits for it
+        // as a receive completion. Own SEND completions may interleave: skip them.
+        let mut report = TestReport {
+            verified: true,
+            ..TestReport::default()
+        };
+        let start = link.os.now_ns();
+        loop {
+            let completion =
+                link.completions(resources.cq, 1, "waiting for the client's write")?[0];
+            if completion.opcode != WcOpcode::RecvRdmaWithImm {
+                continue;
+            }
+            if completion.imm_data == DONE_IMM {
+                break;
+            }
+            report.messages += 1;
+            post_recv(&mut link.device, resources, report.messages, 0, 0)?;
+            let imm_data = completion.imm_data;
+            post_send(
+                &mut link.device,
+                resources,
+                report.messages,
+                WrOperation::SendWithImm { imm_data },
+                0,
+                0,
+            )?;
+        }
+        report.elapsed_ns = link.os.now_ns() - start;
+        report.verified = report.messages == iters;
+        return Ok(report);
+    }
+    let mut report = TestReport {
+        verified: true,
+        ..TestReport::default()
+    };
+    let mut next_message = 0u64;
+    let start = link.os.now_ns();
+    loop {
+        let completion = link.completions(resources.cq, 1, "waiting for the client")?[0];
+        if completion.imm_data == DONE_IMM && completion.wc_flags.contains(WcFlags::WITH_IMM) {
+            break;
+        }
+        // A SEND of the bandwidth test: check it and post the buffer again.
+        let slot = completion.wr_id;
+        let offset = (slot * u64::from(size)) as usize;
+        let mr = link.device.mr(resources.mr)?;
+        let received = &mr.as_slice()[offset..offset + completion.byte_len as usize];
+        let intact = completion.byte_len == size
+            && received
+                .iter()
+                .enumerate()
+                .all(|(at, byte)| *byte == pattern(next_message, at));
+        report.verified &= intact;
+        next_message += 1;
+        report.messages += 1;
+        report.bytes += u64::from(completion.byte_len);
+        post_recv(
+            &mut link.device,
+            resources,
+            slot,
+            slot * u64::from(size),
+            size,
+        )?;
+    }
+    report.elapsed_ns = link.os.now_ns() - start;
+    let mr = link.device.mr(resources.mr)?;
+    let memory = mr.as_slice();
+    match test {
+        Test::WriteBw => {
+            // Each slot holds the last message written to it.
+            for slot in 0..SLOTS.min(iters) {
+                let last = (iters - 1 - slot) / SLOTS * SLOTS + slot;
+                let last = if last >= iters { continue } else { last };
+                let at = (slot * u64::from(size)) as usize;
+                let intact = memory[at..at + size as usize]
+                    .iter()
+                    .enumerate()
+                    .all(|(offset, byte)| *byte == pattern(last, offset));
+                report.verified &= intact;
+            }
+            report.messages = iters;
+            report.bytes = iters * u64::from(size);
+        }
+        Test::AtomicLat => {
+            let word = u64::from_le_bytes(memory[..8].try_into().unwrap_or([0; 8]));
+            report.verified &= word == iters;
+            report.messages = iters;
+        }
+        Test::SendBw => report.verified &= next_message == iters,
+        _ => {}
+    }
+    log!(
+        link.os,
+        "rdma: {} server: {} messages, data {}",
+        test.name(),
+        report.messages,
+        if report.verified { "verified" } else { "WRONG" }
+    );
+    Ok(report)
+}
+
+/// Sends the client's final SEND with [`DONE_IMM`].
+fn say_done<O: Os>(link: &mut Link<'_, O>, resources: &Resources) -> Result<(), TestError> {
+    post_send(
+        &mut link.device,
+        resources,
+        u64::MAX,
+        WrOperation::SendWithImm { imm_data: DONE_IMM },
+        0,
+        0,
+    )?;
+    link.completions(resources.cq, 1, "sending done")?;
+    Ok(())
+}
+
+fn fill(
+    link: &mut Link<'_, impl Os>,
+    resources: &Resources,
+    offset: u64,
+    len: u32,
+    index: u64,
+) -> Result<(), TestError> {
+    let mr = link.device.mr_mut(resources.mr)?;
+    let bytes = &mut mr.as_mut_slice()[offset as usize..offset as usize + len as usize];
+    for (at, byte) in bytes.iter_mut().enumerate() {
+        *byte = pattern(index, at);
+    }
+    Ok(())
+}
+
+fn write_bw<O: Os>(
+    link: &mut Link<'_, O>,
+    resources: &Resources,
+    params: &TestParams,
+    size: u32,
+    memory: Option<(u32, u64)>,
+) -> Result<TestReport, TestError> {
+    let (rkey, remote) = memory.ok_or(TestError::Exchange("no server memory"))?;
+    let iters = u64::from(params.iters);
+    let start = link.os.now_ns();
+    let (mut posted, mut completed) = (0u64, 0u64);
+    while completed < iters {
+        while posted < iters && posted - completed < TX_DEPTH as u64 {
+            let slot = posted % SLOTS;
+            let offset = slot * u64::from(size);
+            // The local slot may only be refilled once its previous WRITE completed: with
+            // TX_DEPTH > SLOTS, use the local buffer of the message index instead.
+            let local = (posted % (TX_DEPTH as u64).min(RX_DEPTH as u64)) * u64::from(size);
+            fill(link, resources, local, size, posted)?;
+            post_send(
+                &mut link.device,
+                resources,
+                posted,
+                WrOperation::RdmaWrite {
+                    remote_addr: remote + offset,
+                    rkey,
+                },
+                local,
+                size,
+            )?;
+            posted += 1;
+        }
+        link.pump();
+        completed += link
+            .completions(resources.cq, 1, "waiting for WRITE completions")?
+            .len() as u64;
+    }
+    let elapsed_ns = link.os.now_ns() - start;
+    say_done(link, resources)?;
+    Ok(TestReport {
+        messages: iters,
+        bytes: iters * u64::from(size),
+        elapsed_ns,
+        verified: true,
+        ..TestReport::default()
+    })
+}
+
+fn send_bw<O: Os>(
+    link: &mut Link<'_, O>,
+    resources: &Resources,
+    params: &TestParams,
+    size: u32,
+) -> Result<TestReport, TestError> {
+    let iters = u64::from(params.iters);
+    let start = link.os.now_ns();
+    let (mut posted, mut completed) = (0u64, 0u64);
+    while completed < iters {
+        while posted < iters && posted - completed < TX_DEPTH as u64 {
+            let local = (posted % TX_DEPTH as u64) * u64::from(size);
+            fill(link, resources, local, size, posted)?;
+            post_send(
+                &mut link.device,
+                resources,
+                posted,
+                WrOperation::Send,
+                local,
+                size,
+            )?;
+            posted += 1;
+        }
+        completed += link
+            .completions(resources.cq, 1, "waiting for SEND completions")?
+            .len() as u64;
+    }
+    let elapsed_ns = link.os.now_ns() - start;
+    say_done(link, resources)?;
+    Ok(TestReport {
+        messages: iters,
+        bytes: iters * u64::from(size),
+        elapsed_ns,
+        verified: true,
+        ..TestReport::default()
+    })
+}
+
+fn write_lat<O: Os>(
+    link: &mut Link<'_, O>,
+    resources: &Resources,
+    params: &TestParams,
+    size: u32,
+    memory: Option<(u32, u64)>,
+) -> Result<TestReport, TestError> {
+    let (rkey, remote) = memory.ok_or(TestError::Exchange("no server memory"))?;
+    let iters = u64::from(params.iters);
+    let mut samples = Vec::with_capacity(iters as usize);
+    fill(link, resources, 0, size, 0)?;
+    let start = link.os.now_ns();
+    for index in 0..iters {
+        post_recv(&mut link.device, resources, index, 0, 0)?;
+        let sent = link.os.now_ns();
+        post_send(
+            &mut link.device,
+            resources,
+            index,
+            WrOperation::RdmaWriteWithImm {
+                remote_addr: remote,
+                rkey,
+                imm_data: index as u32,
+            },
+            0,
+            size,
+        )?;
+        // The WRITE's completion and the server's answer, in either order.
+        link.completions(resources.cq, 2, "waiting for the answer")?;
+        samples.push((link.os.now_ns() - sent) / 2);
+    }
+    let elapsed_ns = link.os.now_ns() - start;
+    post_send(
+        &mut link.device,
+        resources,
+        u64::MAX,
+        WrOperation::RdmaWriteWithImm {
+            remote_addr: remote,
+            rkey,
+            imm_data: DONE_IMM,
+        },
+        0,
+        0,
+    )?;
+    link.completions(resources.cq, 1, "sending done")?;
+    samples.sort_unstable();
+    Ok(TestReport {
+        messages: iters,
+        bytes: iters * u64::from(size),
+        elapsed_ns,
+        p50_ns: percentile(&samples, 0.5),
+        p99_ns: percentile(&samples, 0.99),
+        verified: true,
+        ..TestReport::default()
+    })
+}
+
+fn read_or_atomic_lat<O: Os>(
+    link: &mut Link<'_, O>,
+    resources: &Resources,
+    params: &TestParams,
+    size: u32,
+    memory: Option<(u32, u64)>,
+) -> Result<TestReport, TestError> {
+    let (rkey, remote) = memory.ok_or(TestError::Exchange("no server memory"))?;
+    let iters = u64::from(params.iters);
+    let mut samples = Vec::with_capacity(iters as usize);
+    let mut verified = true;
+    let start = link.os.now_ns();
+    for index in 0..iters {
+        let operation = if params.test == Test::AtomicLat {
+            WrOperation::AtomicFetchAndAdd {
+                remote_addr: remote,
+                rkey,
+                compare_add: 1,
+            }
+        } else {
+            WrOperation::RdmaRead {
+                remote_addr: remote,
+                rkey,
+            }
+        };
+        let sent = link.os.now_ns();
+        post_send(&mut link.device, resources, index, operation, 0, size)?;
+        link.completions(resources.cq, 1, "waiting for the response")?;
+        samples.push(link.os.now_ns() - sent);
+        let mr = link.device.mr(resources.mr)?;
+        let got = &mr.as_slice()[..size as usize];
+        verified &= if params.test == Test::AtomicLat {
+            u64::from_le_bytes(got.try_into().unwrap_or([0xff; 8])) == index
+        } else {
+            got.iter()
+                .enumerate()
+                .all(|(at, byte)| *byte == pattern(0, at))
+        };
+    }
+    let elapsed_ns = link.os.now_ns() - start;
+    say_done(link, resources)?;
+    samples.sort_unstable();
+    if !verified {
+        log!(
+            link.os,
+            "rdma: {}: the data that came back is WRONG",
+            params.test.name()
+        );
+    }
+    Ok(TestReport {
+        messages: iters,
+        bytes: iters * u64::from(size),
+        elapsed_ns,
+        p50_ns: percentile(&samples, 0.5),
+        p99_ns: percentile(&samples, 0.99),
+        verified,
+        ..TestReport::default()
+    })
+}
+
+/// `ibv_rc_pingpong`'s exchange: SENDs of `size` bytes of 0x7b, the client first; each side
+/// sends its next message once its previous one completed and a message arrived.
+fn pingpong<O: Os>(
+    link: &mut Link<'_, O>,
+    resources: &Resources,
+    params: &TestParams,
+    size: u32,
+    client: bool,
+) -> Result<TestReport, TestError> {
+    let iters = u64::from(params.iters);
+    let receive_offset = u64::from(size);
+    {
+        let mr = link.device.mr_mut(resources.mr)?;
+        mr.as_mut_slice()[..size as usize].fill(oob::FILL_BYTE);
+    }
+    // The first receives were posted before the connection exchange.
+    let posted = (iters as usize).min(RX_DEPTH);
+    let (mut sent, mut received, mut receives_posted) = (0u64, 0u64, posted as u64);
+    let mut send_outstanding = false;
+    let mut verified = true;
+    let start = link.os.now_ns();
+    if client {
+        post_send(&mut link.device, resources, 0, WrOperation::Send, 0, size)?;
+        send_outstanding = true;
+    }
+    while sent < iters || received < iters {
+        let completion = link.completions(resources.cq, 1, "waiting for the ping-pong")?[0];
+        if completion.wr_id >> 32 == 1 {
+            received += 1;
+            verified &= completion.byte_len == size;
+            if receives_posted < iters {
+                post_recv(
+                    &mut link.device,
+                    resources,
+                    1 << 32 | receives_posted,
+                    receive_offset,
+                    size,
+                )?;
+                receives_posted += 1;
+            }
+        } else {
+            sent += 1;
+            send_outstanding = false;
+        }
+        // Send the next message once the last one completed and the peer's arrived.
+        let may_send = if client {
+            received >= sent
+        } else {
+            received > sent
+        };
+        if !send_outstanding && sent < iters && may_send {
+            post_send(
+                &mut link.device,
+                resources,
+                sent,
+                WrOperation::Send,
+                0,
+                size,
+            )?;
+            send_outstanding = true;
+        }
+    }
+    let elapsed_ns = link.os.now_ns() - start;
+    let micros = (elapsed_ns / 1000).max(1);
+    let bytes = 2 * iters * u64::from(size);
+    log!(
+        link.os,
+        "{bytes} bytes in {}.{:06} seconds = {:.2} Mbit/sec",
+        micros / 1_000_000,
+        micros % 1_000_000,
+        bytes as f64 * 8.0 / micros as f64
+    );
+    log!(
+        link.os,
+        "{iters} iters in {}.{:06} seconds = {:.2} usec/iter",
+        micros / 1_000_000,
+        micros % 1_000_000,
+        micros as f64 / iters.max(1) as f64
+    );
+    Ok(TestReport {
+        messages: iters,
+        bytes,
+        elapsed_ns,
+        verified,
+        ..TestReport::default()
+    })
+}
