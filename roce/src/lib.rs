@@ -1,4 +1,4 @@
-//! RoCEv2 for duovm: wire formats, the invariant CRC and (later) the verbs and RC transport.
+//! RoCEv2 for duovm: wire formats, the invariant CRC, the verbs API and the RC transport.
 //!
 //! OS A's virtual RDMA NIC turns verbs into RoCEv2 packets: InfiniBand transport packets in
 //! UDP datagrams to port 4791, byte for byte as Linux SoftRoCE (`rdma_rxe`) sends them, so
@@ -10,9 +10,17 @@
 //! * [`icrc`]: the ICRC, the CRC-32 trailer that covers the invariant fields of the IP, UDP
 //!   and IB headers and the payload, computed incrementally so that it can be folded into the
 //!   payload copy.
+//! * [`verbs`]: the ibverbs-shaped API (protection domains, memory regions, completion
+//!   queues, RC queue pairs, `post_send`/`post_recv`/`poll_cq`) of a [`verbs::Device`].
+//! * [`transport`]: the RC transport engine inside the device (requester, responder,
+//!   completer, rdma_rxe's behaviour) and how a platform drives it: whole IPv4 packets in
+//!   ([`verbs::Device::receive`]) and out ([`verbs::Device::poll_transmit`]), time passed in,
+//!   timers out ([`verbs::Device::next_deadline`]).
+//! * [`oob`]: the `ibv_rc_pingpong` connection exchange, to connect to a Linux rxe peer.
 //!
-//! The crate is `no_std`, has no `unsafe` code, and never panics on packet bytes (see the
-//! panic contract in [`wire`]).
+//! The crate is `no_std` (with `alloc`), has no `unsafe` code, and never panics on packet
+//! bytes (see the panic contract in [`wire`]). The engine never reads a clock and starts no
+//! thread: it runs the same in OS A's kernel and in a host test.
 //!
 //! # Example
 //!
@@ -62,5 +70,10 @@
 #![cfg_attr(not(any(test, feature = "std")), no_std)]
 #![forbid(unsafe_code)]
 
+extern crate alloc;
+
 pub mod icrc;
+pub mod oob;
+pub mod transport;
+pub mod verbs;
 pub mod wire;

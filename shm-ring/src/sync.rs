@@ -40,8 +40,6 @@ impl<D: Copy + FromBytes + IntoBytes> Slot<D> {
     /// Slots are then 16-byte aligned, for the same reason as above.
     #[cfg(all(target_arch = "x86_64", target_feature = "sse2"))]
     const BY_VECTORS: bool = size_of::<D>().is_multiple_of(16);
-    #[cfg(not(all(target_arch = "x86_64", target_feature = "sse2")))]
-    const BY_VECTORS: bool = false;
 
     /// A slot holding `value`.
     pub(crate) const fn new(value: D) -> Slot<D> {
