@@ -150,10 +150,17 @@ impl From<netsvc::ClientError> for TestError {
 const DONE_IMM: u32 = u32::from_be_bytes(*b"DONE");
 /// WRITE slots in the server's region for bandwidth tests.
 const SLOTS: u64 = 16;
-/// Work requests in flight in bandwidth tests.
+/// Work requests in flight in bandwidth tests (at most).
 const TX_DEPTH: usize = 64;
-/// Receives kept posted.
+/// Receives kept posted (at most).
 const RX_DEPTH: usize = 256;
+/// Bytes of buffers each side registers, at most (fewer, deeper queues for small messages).
+const BUFFER_BUDGET: usize = 4 << 20;
+
+/// Buffers of `size` bytes each side keeps: receives posted, writes in flight.
+fn depth(size: u32) -> usize {
+    (BUFFER_BUDGET / size.max(1) as usize).clamp(16, RX_DEPTH)
+}
 /// How long any one step may wait before the test gives up.
 const STEP_TIMEOUT_NS: u64 = 60_000_000_000;
 /// The server region's base address.
@@ -454,9 +461,7 @@ pub fn run_test(
     } else {
         params.size.max(1)
     };
-    let region = (u64::from(size) * SLOTS)
-        .max(u64::from(size) * RX_DEPTH as u64)
-        .max(4096);
+    let region = (u64::from(size) * depth(size) as u64).max(4096);
     let seed = os.now_ns();
     let mut config = DeviceConfig::new(params.local);
     config.seed = seed;
@@ -472,8 +477,8 @@ pub fn run_test(
     // Receives go up before the connection exchange, as rc_pingpong posts them, so the
     // peer's first SEND never finds an empty receive queue.
     let initial_receives = match (params.server.is_some(), params.test) {
-        (_, Test::Pingpong) => (params.iters as usize).min(RX_DEPTH),
-        (false, Test::SendBw) => RX_DEPTH,
+        (_, Test::Pingpong) => (params.iters as usize).min(depth(size)),
+        (false, Test::SendBw) => depth(size),
         (false, _) => 1,
         (true, _) => 0,
     };
@@ -539,15 +544,24 @@ pub fn run_test(
             None
         }
         Some(server) => {
-            let handle = link
-                .client
-                .tcp_connect(SocketAddrV4::new(server, params.port), 0, 0)?;
-            link.exchange.handle = Some(handle);
-            link.until("connecting to the server", |link| {
-                link.exchange.connected || link.exchange.closed
-            })?;
-            if !link.exchange.connected {
-                return Err(TestError::Exchange("the server refused the connection"));
+            // The server may not listen yet: retry a refused connection, as `rxe-retry`
+            // does for rc_pingpong, for up to a minute.
+            let give_up = link.os.now_ns() + STEP_TIMEOUT_NS;
+            loop {
+                let target = SocketAddrV4::new(server, params.port);
+                let handle = link.client.tcp_connect(target, 0, 0)?;
+                link.exchange = Exchange { handle: Some(handle), ..Exchange::default() };
+                link.until("connecting to the server", |link| {
+                    link.exchange.connected || link.exchange.closed
+                })?;
+                if link.exchange.connected {
+                    break;
+                }
+                if link.os.now_ns() > give_up {
+                    return Err(TestError::Exchange("the server refused the connection"));
+                }
+                let pause = link.os.now_ns() + 200_000_000;
+                link.until("waiting to connect again", |link| link.os.now_ns() >= pause)?;
             }
             link.tcp_send_all(&own.to_message())?;
             let message = link.tcp_take(oob::MESSAGE_LEN)?;
@@ -749,15 +763,16 @@ fn write_bw<O: Os>(
 ) -> Result<TestReport, TestError> {
     let (rkey, remote) = memory.ok_or(TestError::Exchange("no server memory"))?;
     let iters = u64::from(params.iters);
+    let window = depth(size).min(TX_DEPTH) as u64;
     let start = link.os.now_ns();
     let (mut posted, mut completed) = (0u64, 0u64);
     while completed < iters {
-        while posted < iters && posted - completed < TX_DEPTH as u64 {
+        while posted < iters && posted - completed < window {
             let slot = posted % SLOTS;
             let offset = slot * u64::from(size);
-            // The local slot may only be refilled once its previous WRITE completed: with
-            // TX_DEPTH > SLOTS, use the local buffer of the message index instead.
-            let local = (posted % (TX_DEPTH as u64).min(RX_DEPTH as u64)) * u64::from(size);
+            // A local buffer is refilled only once its previous WRITE completed: the window
+            // never exceeds the local buffers.
+            let local = (posted % window) * u64::from(size);
             fill(link, resources, local, size, posted)?;
             post_send(
                 &mut link.device,
@@ -795,11 +810,12 @@ fn send_bw<O: Os>(
     size: u32,
 ) -> Result<TestReport, TestError> {
     let iters = u64::from(params.iters);
+    let window = depth(size).min(TX_DEPTH) as u64;
     let start = link.os.now_ns();
     let (mut posted, mut completed) = (0u64, 0u64);
     while completed < iters {
-        while posted < iters && posted - completed < TX_DEPTH as u64 {
-            let local = (posted % TX_DEPTH as u64) * u64::from(size);
+        while posted < iters && posted - completed < window {
+            let local = (posted % window) * u64::from(size);
             fill(link, resources, local, size, posted)?;
             post_send(
                 &mut link.device,
@@ -959,7 +975,7 @@ fn pingpong<O: Os>(
         mr.as_mut_slice()[..size as usize].fill(oob::FILL_BYTE);
     }
     // The first receives were posted before the connection exchange.
-    let posted = (iters as usize).min(RX_DEPTH);
+    let posted = (iters as usize).min(depth(size));
     let (mut sent, mut received, mut receives_posted) = (0u64, 0u64, posted as u64);
     let mut send_outstanding = false;
     let mut verified = true;

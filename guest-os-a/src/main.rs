@@ -8,6 +8,7 @@
 #![no_main]
 
 mod net;
+mod rdma;
 mod workloads;
 
 use guest_rt::{Platform, println};

@@ -50,6 +50,12 @@ pub fn run(platform: &Platform) -> ! {
             });
             finish(&peer, status)
         }
+        Some(WorkloadKind::RdmaTest) => {
+            let status = crate::net::run(platform, &peer, |os, client| {
+                crate::rdma::run(platform, &peer, os, client)
+            });
+            finish(&peer, status)
+        }
         Some(WorkloadKind::TouchPeerSegment) => touch_peer_segment(),
         Some(WorkloadKind::TripleFault) => guest_rt::cpu::triple_fault(),
         Some(WorkloadKind::Spin) => spin(),

@@ -22,6 +22,7 @@ pub mod images;
 pub mod loader;
 pub mod memory;
 pub mod native;
+pub mod rdmabench;
 pub mod ringbench;
 pub mod serial;
 pub mod vcpu;

@@ -11,7 +11,10 @@ use host_agent::devices::net_backend::NetBackend;
 use host_agent::devices::pcap::PcapWriter;
 use host_agent::devices::switch::{Switch, SwitchConfig};
 use host_agent::devices::tap::Tap;
+use apps::rdma::Test;
+use host_agent::rdmabench::{self, RdmaBenchParams, RdmaBenchReport};
 use host_agent::ringbench::{self, RingBenchParams, RingBenchReport};
+use roce::verbs::Mtu;
 use host_agent::vm::{RunReport, Vm, VmConfig};
 use host_agent::{exitbench, images};
 use shm_ring::bootinfo::{NetConfig, Workload, WorkloadKind};
@@ -44,6 +47,15 @@ enum Command {
     /// descriptors_per_sec, ipis_sent, ipis_per_1000_descriptors, sleeps, rejected, exits,
     /// verified, success, run_seconds.
     RingBench(RingBenchArgs),
+    /// Run an RDMA test between two endpoints on the built-in switch.
+    ///
+    /// Endpoint 1 (10.77.9.1) serves, endpoint 2 (10.77.9.2) is the client; they connect
+    /// over TCP 18515 as ibv_rc_pingpong does and run the test, checking every byte and
+    /// completion. Without --native each endpoint is a VM (OS A runs the verbs engine, OS B
+    /// carries its RoCEv2 packets); with --native the same engines run as host threads.
+    /// JSON keys: test, mode, size, iters, mtu, loss, messages, bytes, seconds, gbit_per_sec,
+    /// messages_per_sec, lat_p50_us, lat_p99_us, retransmissions, verified.
+    RdmaBench(RdmaBenchArgs),
     /// Measure the two exit paths: fast (on the vCPU thread) and supervisor (handed over).
     ///
     /// OS A makes COUNT exits of each kind; the agent counts the vCPU thread's context switches
@@ -111,6 +123,59 @@ struct RingBenchArgs {
     /// Descriptors per batch.
     #[arg(long, default_value_t = 32)]
     batch: u64,
+    #[command(flatten)]
+    vm: VmArgs,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum TestArg {
+    /// RDMA WRITE bandwidth.
+    WriteBw,
+    /// RDMA WRITE latency (ping-pong of WRITE with immediate).
+    WriteLat,
+    /// RDMA READ latency.
+    ReadLat,
+    /// SEND bandwidth.
+    SendBw,
+    /// FETCH_AND_ADD latency.
+    AtomicLat,
+    /// ibv_rc_pingpong's SEND ping-pong.
+    RcPingpong,
+}
+
+impl TestArg {
+    fn test(self) -> Test {
+        match self {
+            TestArg::WriteBw => Test::WriteBw,
+            TestArg::WriteLat => Test::WriteLat,
+            TestArg::ReadLat => Test::ReadLat,
+            TestArg::SendBw => Test::SendBw,
+            TestArg::AtomicLat => Test::AtomicLat,
+            TestArg::RcPingpong => Test::Pingpong,
+        }
+    }
+}
+
+#[derive(Debug, Args)]
+struct RdmaBenchArgs {
+    /// The test.
+    #[arg(long, value_enum, default_value = "write-bw")]
+    test: TestArg,
+    /// Message size in bytes.
+    #[arg(long, default_value_t = 65536)]
+    size: u32,
+    /// Messages.
+    #[arg(long, default_value_t = 100)]
+    iters: u32,
+    /// Frame loss the switch injects (0 to 1).
+    #[arg(long, default_value_t = 0.0)]
+    loss: f64,
+    /// Path MTU (256, 512, 1024, 2048 or 4096; at most 1024 on the 1500-byte switch).
+    #[arg(long, default_value_t = 1024)]
+    mtu: u32,
+    /// Run the engines as host threads instead of in VMs.
+    #[arg(long)]
+    native: bool,
     #[command(flatten)]
     vm: VmArgs,
 }
@@ -313,6 +378,49 @@ fn ring_bench(args: &RingBenchArgs) -> Result<bool> {
     Ok(report.verified)
 }
 
+fn print_rdma_report(report: &RdmaBenchReport) {
+    println!(
+        "rdma: {} ({}), {} x {} B, MTU {}, loss {}: {}",
+        report.test,
+        report.mode,
+        report.messages,
+        report.size,
+        report.mtu,
+        report.loss,
+        if report.verified { "every byte and completion verified" } else { "NOT verified" }
+    );
+    println!(
+        "rdma: {:.3} s, {:.3} Gbit/s, {:.0} messages/s, latency p50 {:.1} us p99 {:.1} us, {} retransmissions",
+        report.seconds,
+        report.gbit_per_sec,
+        report.messages_per_sec,
+        report.lat_p50_us,
+        report.lat_p99_us,
+        report.retransmissions
+    );
+}
+
+fn rdma_bench(args: &RdmaBenchArgs) -> Result<bool> {
+    let mtu = Mtu::from_bytes(args.mtu).ok_or_else(|| anyhow::anyhow!("--mtu must be 256, 512, 1024, 2048 or 4096"))?;
+    if !(0.0..1.0).contains(&args.loss) || args.iters == 0 || args.size == 0 {
+        anyhow::bail!("--loss must be in [0, 1), --iters and --size at least 1");
+    }
+    let params = RdmaBenchParams { test: args.test.test(), size: args.size, iters: args.iters, loss: args.loss, mtu };
+    let report = if args.native {
+        rdmabench::run_native(&params, !args.vm.quiet && !args.vm.json)?.0
+    } else {
+        let images = args.vm.images()?;
+        let config = args.vm.config(images, [Workload::default(); 2])?;
+        rdmabench::run_vms(&config, &params, args.vm.timeout())?.0
+    };
+    if args.vm.json {
+        println!("{}", serde_json::to_string(&report)?);
+    } else {
+        print_rdma_report(&report);
+    }
+    Ok(report.verified)
+}
+
 fn exit_bench(args: &ExitBenchArgs) -> Result<bool> {
     let images = args.vm.images()?;
     let config = args.vm.config(images, [Workload::default(); 2])?;
@@ -462,6 +570,7 @@ fn main() -> ExitCode {
         Command::Demo(args) => demo(args),
         Command::RingBench(args) => ring_bench(args),
         Command::ExitBench(args) => exit_bench(args),
+        Command::RdmaBench(args) => rdma_bench(args),
         Command::Run(args) => run_workload(args).map(|report| {
             if args.vm.json {
                 println!("{}", serde_json::to_string(&report).unwrap_or_default());

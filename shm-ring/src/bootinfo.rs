@@ -112,6 +112,12 @@ pub enum WorkloadKind {
     /// OS A: connect to `args[0]` (IPv4, big-endian `u32`) port `args[1]`, send `args[2]`
     /// bytes and check that they come back in order.
     TcpClient = 11,
+    /// OS A: an RDMA test of `duovm-apps`: `args[0]` the test (1 write_bw, 2 write_lat,
+    /// 3 read_lat, 4 send_bw, 5 atomic_lat, 6 rc_pingpong), `args[1]` the message size,
+    /// `args[2]` the iterations, `args[3]` the server's IPv4 address as a big-endian `u32`
+    /// (0: be the server), `args[4]` the TCP port of the connection exchange, `args[5]` the
+    /// path MTU in bytes.
+    RdmaTest = 12,
 }
 
 impl WorkloadKind {
@@ -130,6 +136,7 @@ impl WorkloadKind {
             9 => WorkloadKind::TcpEcho,
             10 => WorkloadKind::UdpEcho,
             11 => WorkloadKind::TcpClient,
+            12 => WorkloadKind::RdmaTest,
             _ => return None,
         })
     }

@@ -67,6 +67,20 @@ pub mod report {
     pub const SLEEPS: usize = 7;
     /// The first error code this OS saw (see the kernel's docs), or 0.
     pub const FIRST_ERROR: usize = 8;
+    /// RDMA test: messages completed.
+    pub const RDMA_MESSAGES: usize = 10;
+    /// RDMA test: payload bytes moved.
+    pub const RDMA_BYTES: usize = 11;
+    /// RDMA test: nanoseconds from the first post to the last completion.
+    pub const RDMA_ELAPSED_NS: usize = 12;
+    /// RDMA test: median latency, nanoseconds.
+    pub const RDMA_P50_NS: usize = 13;
+    /// RDMA test: 99th percentile latency, nanoseconds.
+    pub const RDMA_P99_NS: usize = 14;
+    /// RDMA test: packets retransmitted.
+    pub const RDMA_RETRANSMISSIONS: usize = 15;
+    /// RDMA test: 1 if every byte and completion checked out.
+    pub const RDMA_VERIFIED: usize = 16;
 }
 
 /// The block as laid out in memory.

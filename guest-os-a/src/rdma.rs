@@ -1,0 +1,68 @@
+//! OS A's RDMA workload: one side of a `duovm-apps` RDMA test, its figures published in the
+//! control block for the host.
+
+use core::net::Ipv4Addr;
+
+use apps::rdma::{Test, TestParams, run_test};
+use apps::{NetClient, Outcome};
+use guest_rt::peer::Peer;
+use guest_rt::{Platform, println};
+use roce::verbs::Mtu;
+use shm_ring::control::report;
+
+use crate::net::GuestOs;
+
+/// Runs the test the boot info names.
+pub fn run(platform: &Platform, peer: &Peer, os: &mut GuestOs, client: &mut NetClient) -> Outcome {
+    let info = &platform.boot_info;
+    let args = info.workload.args;
+    let Some(test) = Test::from_u32(args[0] as u32) else {
+        println!("rdma: unknown test {}", args[0]);
+        return Outcome::Failed;
+    };
+    let server = (args[3] != 0).then(|| Ipv4Addr::from(args[3] as u32));
+    let params = TestParams {
+        test,
+        size: args[1] as u32,
+        iters: args[2] as u32,
+        server,
+        local: Ipv4Addr::from(info.net.ipv4),
+        port: if args[4] == 0 { roce::oob::DEFAULT_PORT } else { args[4] as u16 },
+        mtu: Mtu::from_bytes(args[5] as u32).unwrap_or(Mtu::Mtu1024),
+    };
+    let role = if server.is_some() { "client" } else { "server" };
+    println!(
+        "rdma: {} {role}, {} x {} bytes, MTU {}",
+        test.name(),
+        params.iters,
+        params.size,
+        params.mtu.bytes()
+    );
+    match run_test(os, client, &params) {
+        Ok(result) => {
+            let own = &peer.own;
+            own.set_report(report::RDMA_MESSAGES, result.messages);
+            own.set_report(report::RDMA_BYTES, result.bytes);
+            own.set_report(report::RDMA_ELAPSED_NS, result.elapsed_ns);
+            own.set_report(report::RDMA_P50_NS, result.p50_ns);
+            own.set_report(report::RDMA_P99_NS, result.p99_ns);
+            own.set_report(report::RDMA_RETRANSMISSIONS, result.retransmissions);
+            own.set_report(report::RDMA_VERIFIED, u64::from(result.verified));
+            own.publish_report();
+            println!(
+                "rdma: {} {role} done: {} messages, {} bytes in {} us, {} retransmissions, {}",
+                test.name(),
+                result.messages,
+                result.bytes,
+                result.elapsed_ns / 1000,
+                result.retransmissions,
+                if result.verified { "verified" } else { "NOT verified" }
+            );
+            if result.verified { Outcome::Success } else { Outcome::Failed }
+        }
+        Err(error) => {
+            println!("rdma: {} {role} failed: {error:?}", test.name());
+            Outcome::Failed
+        }
+    }
+}
