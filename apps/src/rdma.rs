@@ -550,7 +550,10 @@ pub fn run_test(
             loop {
                 let target = SocketAddrV4::new(server, params.port);
                 let handle = link.client.tcp_connect(target, 0, 0)?;
-                link.exchange = Exchange { handle: Some(handle), ..Exchange::default() };
+                link.exchange = Exchange {
+                    handle: Some(handle),
+                    ..Exchange::default()
+                };
                 link.until("connecting to the server", |link| {
                     link.exchange.connected || link.exchange.closed
                 })?;
@@ -590,16 +593,39 @@ pub fn run_test(
         let _ = link.client.tcp_close(handle);
     }
 
-    let mut report = match (params.server.is_some(), params.test) {
-        (false, test) => serve(&mut link, &resources, params, size, test)?,
-        (true, Test::WriteBw) => write_bw(&mut link, &resources, params, size, remote_memory)?,
-        (true, Test::SendBw) => send_bw(&mut link, &resources, params, size)?,
-        (true, Test::WriteLat) => write_lat(&mut link, &resources, params, size, remote_memory)?,
+    let outcome = match (params.server.is_some(), params.test) {
+        (false, test) => serve(&mut link, &resources, params, size, test),
+        (true, Test::WriteBw) => write_bw(&mut link, &resources, params, size, remote_memory),
+        (true, Test::SendBw) => send_bw(&mut link, &resources, params, size),
+        (true, Test::WriteLat) => write_lat(&mut link, &resources, params, size, remote_memory),
         (true, Test::ReadLat | Test::AtomicLat) => {
-            read_or_atomic_lat(&mut link, &resources, params, size, remote_memory)?
+            read_or_atomic_lat(&mut link, &resources, params, size, remote_memory)
         }
-        (true, Test::Pingpong) => pingpong(&mut link, &resources, params, size, true)?,
+        (true, Test::Pingpong) => pingpong(&mut link, &resources, params, size, true),
     };
+    if let Err(error) = &outcome {
+        let counters = link.device.counters();
+        let stats = link.client.stats();
+        log!(
+            link.os,
+            "rdma: {error:?}: engine sent {} received {} retransmitted {} timeouts {} seq NAKs sent {} received {} out of sequence {} duplicates {} RNR NAKs {}/{}; {} packets OS B could not take; client {} requests {} events {} errors",
+            counters.packets_sent,
+            counters.packets_received,
+            counters.retransmitted_packets,
+            counters.timeouts,
+            counters.seq_naks_sent,
+            counters.seq_naks_received,
+            counters.drops.out_of_sequence,
+            counters.duplicate_requests,
+            counters.rnr_naks_sent,
+            counters.rnr_naks_received,
+            link.send_drops,
+            stats.requests,
+            stats.events,
+            stats.errors
+        );
+    }
+    let mut report = outcome?;
     // Let the last ACKs go out before this side goes away.
     let until = link.os.now_ns() + 100_000_000;
     while link.os.now_ns() < until {

@@ -27,7 +27,11 @@ pub fn run(platform: &Platform, peer: &Peer, os: &mut GuestOs, client: &mut NetC
         iters: args[2] as u32,
         server,
         local: Ipv4Addr::from(info.net.ipv4),
-        port: if args[4] == 0 { roce::oob::DEFAULT_PORT } else { args[4] as u16 },
+        port: if args[4] == 0 {
+            roce::oob::DEFAULT_PORT
+        } else {
+            args[4] as u16
+        },
         mtu: Mtu::from_bytes(args[5] as u32).unwrap_or(Mtu::Mtu1024),
     };
     let role = if server.is_some() { "client" } else { "server" };
@@ -56,9 +60,17 @@ pub fn run(platform: &Platform, peer: &Peer, os: &mut GuestOs, client: &mut NetC
                 result.bytes,
                 result.elapsed_ns / 1000,
                 result.retransmissions,
-                if result.verified { "verified" } else { "NOT verified" }
+                if result.verified {
+                    "verified"
+                } else {
+                    "NOT verified"
+                }
             );
-            if result.verified { Outcome::Success } else { Outcome::Failed }
+            if result.verified {
+                Outcome::Success
+            } else {
+                Outcome::Failed
+            }
         }
         Err(error) => {
             println!("rdma: {} {role} failed: {error:?}", test.name());

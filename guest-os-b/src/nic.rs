@@ -18,7 +18,7 @@ use virtio_drivers::transport::mmio::{MmioTransport, VirtIOHeader};
 use virtio_drivers::{BufferDirection, Hal, PAGE_SIZE, PhysAddr};
 
 /// Descriptors per queue.
-pub const QUEUE_SIZE: usize = 64;
+pub const QUEUE_SIZE: usize = 256;
 /// Bytes per buffer: a full Ethernet frame plus the virtio-net header.
 const BUFFER_SIZE: usize = 2048;
 

@@ -72,7 +72,13 @@ pub struct RdmaBenchReport {
 }
 
 impl RdmaBenchReport {
-    fn new(mode: &'static str, params: &RdmaBenchParams, client: &TestReport, server: &TestReport, both_ok: bool) -> Self {
+    fn new(
+        mode: &'static str,
+        params: &RdmaBenchParams,
+        client: &TestReport,
+        server: &TestReport,
+        both_ok: bool,
+    ) -> Self {
         let seconds = client.elapsed_ns as f64 / 1e9;
         RdmaBenchReport {
             test: params.test.name(),
@@ -84,12 +90,23 @@ impl RdmaBenchReport {
             messages: client.messages,
             bytes: client.bytes,
             seconds,
-            gbit_per_sec: if seconds > 0.0 { client.bytes as f64 * 8.0 / seconds / 1e9 } else { 0.0 },
-            messages_per_sec: if seconds > 0.0 { client.messages as f64 / seconds } else { 0.0 },
+            gbit_per_sec: if seconds > 0.0 {
+                client.bytes as f64 * 8.0 / seconds / 1e9
+            } else {
+                0.0
+            },
+            messages_per_sec: if seconds > 0.0 {
+                client.messages as f64 / seconds
+            } else {
+                0.0
+            },
             lat_p50_us: client.p50_ns as f64 / 1000.0,
             lat_p99_us: client.p99_ns as f64 / 1000.0,
             retransmissions: client.retransmissions + server.retransmissions,
-            verified: both_ok && client.verified && server.verified && client.messages == u64::from(params.iters),
+            verified: both_ok
+                && client.verified
+                && server.verified
+                && client.messages == u64::from(params.iters),
         }
     }
 }
@@ -105,27 +122,68 @@ fn mac(index: u8) -> [u8; 6] {
 }
 
 fn switch(loss: f64) -> Switch {
-    Switch::new(SwitchConfig { faults: FaultConfig { loss, seed: 42, ..FaultConfig::default() }, ..SwitchConfig::default() })
+    Switch::new(SwitchConfig {
+        faults: FaultConfig {
+            loss,
+            seed: 42,
+            ..FaultConfig::default()
+        },
+        ..SwitchConfig::default()
+    })
 }
 
-/// Runs the test between two VMs built from `base` (workloads and network are set here).
-pub fn run_vms(base: &VmConfig, params: &RdmaBenchParams, timeout: Duration) -> Result<(RdmaBenchReport, Vec<RunReport>), VmError> {
-    let service = Workload { kind: WorkloadKind::NetService as u32, ..Workload::default() };
+/// Runs the test between two VMs built from `base` (workloads and network are set here),
+/// capturing the client VM's NIC to `capture` if given.
+pub fn run_vms(
+    base: &VmConfig,
+    params: &RdmaBenchParams,
+    timeout: Duration,
+    capture: Option<&std::path::Path>,
+) -> Result<(RdmaBenchReport, Vec<RunReport>), VmError> {
+    let service = Workload {
+        kind: WorkloadKind::NetService as u32,
+        ..Workload::default()
+    };
     let members = [1u8, 2]
         .into_iter()
         .map(|index| {
-            let server = if index == 1 { 0 } else { u64::from(u32::from(SERVER)) };
+            let server = if index == 1 {
+                0
+            } else {
+                u64::from(u32::from(SERVER))
+            };
             let os_a = Workload {
                 kind: WorkloadKind::RdmaTest as u32,
                 flags: 0,
-                args: [params.test as u64, u64::from(params.size), u64::from(params.iters), server, 0, u64::from(params.mtu.bytes())],
+                args: [
+                    params.test as u64,
+                    u64::from(params.size),
+                    u64::from(params.iters),
+                    server,
+                    0,
+                    u64::from(params.mtu.bytes()),
+                ],
             };
             let mut config = base.clone();
             config.workloads = [os_a, service];
-            config.net = NetConfig { mac: mac(index), prefix_len: 24, has_nic: 1, ipv4: address(index).octets(), gateway: [0; 4] };
-            Member { config, capture: None }
+            config.net = NetConfig {
+                mac: mac(index),
+                prefix_len: 24,
+                has_nic: 1,
+                ipv4: address(index).octets(),
+                gateway: [0; 4],
+            };
+            let capture = match capture {
+                Some(path) if index == 2 => Some(
+                    crate::devices::pcap::PcapWriter::create(path).map_err(|error| {
+                        VmError::Nic(format!("capture {}: {error}", path.display()))
+                    })?,
+                ),
+                _ => None,
+            };
+            Ok(Member { config, capture })
         })
-        .collect();
+        .collect::<Result<Vec<_>, VmError>>()?;
     let switch = switch(params.loss);
     let runs = run_group_until(members, &switch, timeout, &[])?;
     let side = |run: &RunReport| {
@@ -147,7 +205,10 @@ pub fn run_vms(base: &VmConfig, params: &RdmaBenchParams, timeout: Duration) -> 
 }
 
 /// Runs the test between two native endpoints; returns the report and each side's log.
-pub fn run_native(params: &RdmaBenchParams, echo: bool) -> Result<(RdmaBenchReport, Vec<Vec<String>>), crate::native::NativeError> {
+pub fn run_native(
+    params: &RdmaBenchParams,
+    echo: bool,
+) -> Result<(RdmaBenchReport, Vec<Vec<String>>), crate::native::NativeError> {
     let switch = switch(params.loss);
     let results = std::sync::Arc::new(std::sync::Mutex::new([None, None]));
     let mut handles = Vec::new();
@@ -178,7 +239,15 @@ pub fn run_native(params: &RdmaBenchParams, echo: bool) -> Result<(RdmaBenchRepo
             outcome
         });
         let backend = Box::new(switch.port(Some(mac(index)))?);
-        handles.push(spawn(NativeMember { tag: format!("n{index}"), mac: mac(index), ipv4: address(index), prefix_len: 24, backend, app, echo })?);
+        handles.push(spawn(NativeMember {
+            tag: format!("n{index}"),
+            mac: mac(index),
+            ipv4: address(index),
+            prefix_len: 24,
+            backend,
+            app,
+            echo,
+        })?);
     }
     let mut logs = Vec::new();
     let mut both_ok = true;
@@ -194,5 +263,8 @@ pub fn run_native(params: &RdmaBenchParams, echo: bool) -> Result<(RdmaBenchRepo
     let slots = results.lock().map(|slots| *slots).unwrap_or([None, None]);
     let server = slots[0].unwrap_or_default();
     let client = slots[1].unwrap_or_default();
-    Ok((RdmaBenchReport::new("native", params, &client, &server, both_ok), logs))
+    Ok((
+        RdmaBenchReport::new("native", params, &client, &server, both_ok),
+        logs,
+    ))
 }
