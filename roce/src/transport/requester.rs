@@ -121,8 +121,7 @@ pub(crate) fn transmit(
     // every quarter window when the window is small after losses, so that losing one packet
     // or ACK near the end of a window still leaves ACKs that open the window again.
     let interval = (window as u32 / 4).clamp(1, ACK_REQUEST_INTERVAL);
-    let ack_request =
-        last || qp.req.noack_packets + 1 >= interval || in_flight + 1 >= window;
+    let ack_request = last || qp.req.noack_packets + 1 >= interval || in_flight + 1 >= window;
     bth.ack_request = ack_request;
     let mut ib = RoceRepr::new(bth);
     let mut payload_len = 0;

@@ -86,8 +86,7 @@ pub(crate) fn handle_request(qp: &mut QueuePair, env: &mut Env<'_>, ib: &RoceRep
         // pass of the requester over the gap (a request at or below the highest seen since
         // the NAK): its resent copy of the expected PSN was lost too. rxe NAKs once only
         // and leaves that case to the requester's timer.
-        let new_pass =
-            qp.resp.sent_psn_nak && psn::diff(psn, qp.resp.nak_high_psn) <= 0;
+        let new_pass = qp.resp.sent_psn_nak && psn::diff(psn, qp.resp.nak_high_psn) <= 0;
         if !qp.resp.sent_psn_nak || new_pass {
             qp.resp.sent_psn_nak = true;
             qp.resp.nak_high_psn = psn;

@@ -512,8 +512,7 @@ impl Device {
         }
         // A message may take at most MAX_MESSAGE_PACKETS PSNs, so that PSN comparisons (over
         // half the 24-bit space) stay unambiguous: 2 GiB at MTU 1024, 1 GiB at MTU 256.
-        if length > MAX_MESSAGE
-            || length.div_ceil(u64::from(queue_pair.mtu)) > MAX_MESSAGE_PACKETS
+        if length > MAX_MESSAGE || length.div_ceil(u64::from(queue_pair.mtu)) > MAX_MESSAGE_PACKETS
         {
             return Err(VerbsError::MessageTooLong);
         }
