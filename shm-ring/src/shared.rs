@@ -312,13 +312,13 @@ mod tests {
         let layout = SharedLayout::compute(1 << 20, config).unwrap();
         let region = OwnedRegion::new(1 << 20);
         // SAFETY: the region is valid for its length and outlives the endpoints; one per role.
-        let (mut a, mut b) = unsafe {
-            init(region.as_ptr(), region.len(), &layout).unwrap();
-            (
-                Endpoint::attach(region.as_ptr(), region.len(), &layout, Role::A).unwrap(),
-                Endpoint::attach(region.as_ptr(), region.len(), &layout, Role::B).unwrap(),
-            )
-        };
+        unsafe { init(region.as_ptr(), region.len(), &layout).unwrap() };
+        // SAFETY: as above; the only endpoint of role A.
+        let mut a =
+            unsafe { Endpoint::attach(region.as_ptr(), region.len(), &layout, Role::A) }.unwrap();
+        // SAFETY: as above; the only endpoint of role B.
+        let mut b =
+            unsafe { Endpoint::attach(region.as_ptr(), region.len(), &layout, Role::B) }.unwrap();
         let mut storage = [0u64; pool::owner_storage_words(64)];
         let mut owner = PoolOwner::new(a.own_pool, &mut storage[..]).unwrap();
         let buffer = owner.alloc().unwrap();

@@ -517,13 +517,13 @@ mod tests {
         let layout = SharedLayout::compute(4 << 20, config).unwrap();
         let region = Arc::new(OwnedRegion::new(4 << 20));
         // SAFETY: the region is valid for its length and outlives both threads (joined below).
-        let (mut a, mut b) = unsafe {
-            shared::init(region.as_ptr(), region.len(), &layout).unwrap();
-            (
-                Endpoint::attach(region.as_ptr(), region.len(), &layout, Role::A).unwrap(),
-                Endpoint::attach(region.as_ptr(), region.len(), &layout, Role::B).unwrap(),
-            )
-        };
+        unsafe { shared::init(region.as_ptr(), region.len(), &layout).unwrap() };
+        // SAFETY: as above; the only endpoint of role A.
+        let mut a =
+            unsafe { Endpoint::attach(region.as_ptr(), region.len(), &layout, Role::A) }.unwrap();
+        // SAFETY: as above; the only endpoint of role B.
+        let mut b =
+            unsafe { Endpoint::attach(region.as_ptr(), region.len(), &layout, Role::B) }.unwrap();
         let (bell_a, bell_b) = (Arc::new(Bell::default()), Arc::new(Bell::default()));
         let mut platform_a = ThreadPlatform {
             mine: bell_a.clone(),
