@@ -2,7 +2,7 @@
 //! send work requests, and decides on retries (rxe `rxe_comp.c`).
 
 use super::qp::QueuePair;
-use super::{Env, MAX_UNACKED_PSNS, MIN_WINDOW, psn};
+use super::{Env, MAX_RENEWALS, MAX_UNACKED_PSNS, MIN_WINDOW, psn};
 use crate::verbs::WcStatus;
 use crate::wire::aeth::rnr_timer_micros;
 use crate::wire::{NakCode, Operation, RoceRepr, Syndrome};
@@ -28,19 +28,27 @@ enum Cause {
 /// timeout), spending one retry; fails the head request when none is left.
 fn retry(qp: &mut QueuePair, env: &mut Env<'_>, cause: Cause) {
     // One go-back-N per episode (rxe's `started_retry`), unless a timeout, or unless a NAK
-    // reports the packet at the oldest PSN missing after it was resent.
+    // reports the packet at the oldest PSN missing after it was resent (a few times per
+    // episode, without spending a retry: such NAKs can also be late copies).
     let timeout = cause == Cause::Timeout;
-    let renewed = cause == Cause::SequenceNak && qp.req.resent_oldest;
-    let repeated = qp.comp.started_retry && !timeout && !renewed;
-    if !qp.outstanding() || repeated {
+    let renewed = cause == Cause::SequenceNak
+        && qp.comp.started_retry
+        && qp.req.resent_oldest
+        && qp.comp.renewals < MAX_RENEWALS;
+    if !qp.outstanding() || (qp.comp.started_retry && !timeout && !renewed) {
         return;
     }
     qp.req.resent_oldest = false;
-    if qp.comp.retry_cnt == 0 {
-        env.counters.retry_exceeded += 1;
-        return fail(qp, env, WcStatus::RetryExcErr);
+    if renewed {
+        qp.comp.renewals += 1;
+    } else {
+        if qp.comp.retry_cnt == 0 {
+            env.counters.retry_exceeded += 1;
+            return fail(qp, env, WcStatus::RetryExcErr);
+        }
+        qp.comp.retry_cnt -= 1;
+        qp.comp.renewals = 0;
     }
-    qp.comp.retry_cnt -= 1;
     qp.comp.started_retry = true;
     // Fewer packets in flight after a loss: each go-back-N then resends fewer, and a
     // congested path gets relief. A timeout starts again from the smallest window.

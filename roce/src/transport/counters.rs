@@ -64,10 +64,9 @@ pub struct Counters {
     pub packets_received: u64,
     /// Bytes of those packets.
     pub bytes_received: u64,
-    /// Request packets sent again (go-back-N) (rxe: part of `retry_sent`... counted per
-    /// packet here).
+    /// Request packets sent again by a go-back-N (a PSN at or below the highest sent).
     pub retransmitted_packets: u64,
-    /// Go-back-N episodes started (rxe `completer_retry_err`).
+    /// Go-back-Ns started (rxe `completer_retry_err`), renewed ones included.
     pub retries: u64,
     /// Retransmission timer expiries with requests outstanding.
     pub timeouts: u64,

@@ -157,6 +157,9 @@ pub(crate) struct Completer {
     pub started_retry: bool,
     /// When the retransmission timer fires.
     pub deadline: Option<u64>,
+    /// Go-back-Ns started in this episode by a renewed sequence NAK (see
+    /// [`Requester::resent_oldest`]); at most [`MAX_RENEWALS`](super::MAX_RENEWALS).
+    pub renewals: u8,
 }
 
 /// What a READ or atomic request left behind, to answer a duplicate of it (rxe `resp_res`).
@@ -394,6 +397,7 @@ impl QueuePair {
         self.comp.retry_cnt = self.attr.retry_cnt;
         self.comp.rnr_retry = self.attr.rnr_retry;
         self.comp.started_retry = false;
+        self.comp.renewals = 0;
     }
 
     /// Retires the WQE at the head of the send queue with `status`, producing its

@@ -82,18 +82,20 @@ pub(crate) fn handle_request(qp: &mut QueuePair, env: &mut Env<'_>, ib: &RoceRep
     let distance = psn::diff(psn, qp.resp.psn);
     if distance > 0 {
         env.counters.drops.out_of_sequence += 1;
-        // NAK the first request after a gap (as rxe), and again the first one of each new
-        // pass of the requester over the gap (a request at or below the highest seen since
-        // the NAK): its resent copy of the expected PSN was lost too. rxe NAKs once only
-        // and leaves that case to the requester's timer.
-        let new_pass = qp.resp.sent_psn_nak && psn::diff(psn, qp.resp.nak_high_psn) <= 0;
-        if !qp.resp.sent_psn_nak || new_pass {
+        // NAK the first request after a gap (as rxe), and again when the request right
+        // after the gap comes again after later ones: the requester went back and its
+        // resent copy of the expected PSN was lost too. rxe NAKs once only and leaves that
+        // case to the requester's timer.
+        let expected = qp.resp.psn;
+        let renewed = qp.resp.sent_psn_nak
+            && psn == psn::add(expected, 1)
+            && psn::diff(qp.resp.nak_high_psn, psn) > 0;
+        if !qp.resp.sent_psn_nak || renewed {
             qp.resp.sent_psn_nak = true;
             qp.resp.nak_high_psn = psn;
             env.counters.seq_naks_sent += 1;
-            let expected = qp.resp.psn;
             queue_nak(qp, expected, Syndrome::Nak(NakCode::PsnSequenceError));
-        } else {
+        } else if psn::diff(psn, qp.resp.nak_high_psn) > 0 {
             qp.resp.nak_high_psn = psn;
         }
         return;

@@ -25,7 +25,6 @@ use alloc::vec::Vec;
 use core::ops::Range;
 
 /// A registered memory region (`struct ibv_mr` with its memory).
-#[derive(Debug)]
 pub struct MemoryRegion {
     pd: PdHandle,
     lkey: u32,
@@ -33,6 +32,20 @@ pub struct MemoryRegion {
     addr: u64,
     access: AccessFlags,
     data: Box<[u8]>,
+}
+
+impl core::fmt::Debug for MemoryRegion {
+    /// The region's numbers, not its bytes.
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("MemoryRegion")
+            .field("pd", &self.pd)
+            .field("lkey", &self.lkey)
+            .field("rkey", &self.rkey)
+            .field("addr", &self.addr)
+            .field("len", &self.data.len())
+            .field("access", &self.access)
+            .finish()
+    }
 }
 
 /// The numbers of a region an application hands out (`struct ibv_mr`'s fields).
