@@ -219,3 +219,51 @@ fn two_vms_exchange_udp_over_the_switch_with_and_without_loss() {
         );
     }
 }
+
+#[test]
+fn a_guest_that_gives_the_nic_a_bad_queue_gets_needs_reset_and_the_agent_lives() {
+    if !kvm_available("a_guest_that_gives_the_nic_a_bad_queue_gets_needs_reset_and_the_agent_lives")
+    {
+        return;
+    }
+    let hostile = workload(WorkloadKind::NicHostile, &[]);
+    let mut config = config([hostile, hostile]);
+    config.net = NetConfig {
+        mac: GUEST_MAC,
+        has_nic: 1,
+        ..NetConfig::default()
+    };
+    let switch = Switch::new(SwitchConfig::default());
+    let mut vm = Vm::build(&config).expect("build the VM");
+    vm.attach_nic(
+        GUEST_MAC,
+        Box::new(switch.port(Some(GUEST_MAC)).unwrap()),
+        None,
+    )
+    .unwrap();
+    let mut port = switch.port(Some(TEST_MAC)).unwrap();
+    let report = vm.run(Duration::from_secs(60)).expect("the agent survives");
+    assert!(report.success(), "{report:#?}");
+    let b = report.os(Role::B);
+    assert!(
+        b.serial_lines
+            .iter()
+            .any(|l| l == "nic: the device refused the bad queue and needs a reset, as it should"),
+        "{b:#?}"
+    );
+    assert!(
+        b.serial_lines
+            .iter()
+            .any(|l| l == "nic: after the reset the device is usable again"),
+        "{b:#?}"
+    );
+    // The frame sent after the reset went out.
+    let mut frame = [0u8; 2048];
+    let len = port
+        .receive(&mut frame)
+        .unwrap()
+        .expect("the frame sent after the reset");
+    assert_eq!(&frame[14..30], b"after the reset!");
+    assert_eq!(len, 60);
+    assert_eq!(report.unhandled_accesses, 0);
+}

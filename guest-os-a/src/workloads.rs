@@ -25,7 +25,7 @@ pub fn run(platform: &Platform) -> ! {
             ring_producer(platform, &peer, hostile)
         }
         // OS A has nothing to do while OS B tests its NIC.
-        Some(WorkloadKind::NicProbe) => finish(&peer, Status::Success),
+        Some(WorkloadKind::NicProbe | WorkloadKind::NicHostile) => finish(&peer, Status::Success),
         Some(WorkloadKind::ExitBench) => exit_bench(&peer, workload.args[0]),
         Some(WorkloadKind::TcpEcho) => {
             let args = workload.args;

@@ -226,3 +226,75 @@ impl Nic {
         }
     }
 }
+
+/// Gives the device a transmit queue whose descriptor table lies outside guest memory, and
+/// checks that it refuses it ("needs reset") and works again after a reset.
+pub fn hostile_queue() -> guest_rt::exit::Status {
+    use guest_rt::exit::Status;
+    use guest_rt::println;
+    use virtio_drivers::transport::{DeviceStatus, Transport};
+
+    let Some(header) = NonNull::new(VIRTIO_MMIO_BASE as *mut VirtIOHeader) else {
+        return Status::Failed;
+    };
+    // SAFETY: as in `Nic::new`: the window is mapped for this OS only and nothing else uses it.
+    let mut transport = match unsafe { MmioTransport::new(header, VIRTIO_MMIO_SIZE as usize) } {
+        Ok(transport) => transport,
+        Err(error) => {
+            println!("nic: {error}");
+            return Status::Failed;
+        }
+    };
+    const VERSION_1: u64 = 1 << 32;
+    transport.set_status(DeviceStatus::empty());
+    transport.set_status(DeviceStatus::ACKNOWLEDGE | DeviceStatus::DRIVER);
+    let features = transport.read_device_features() & VERSION_1;
+    transport.write_driver_features(features);
+    transport
+        .set_status(DeviceStatus::ACKNOWLEDGE | DeviceStatus::DRIVER | DeviceStatus::FEATURES_OK);
+    // Queue 1 (transmit): a descriptor table far outside guest memory.
+    let outside = 0xF000_0000;
+    let rings = alloc::vec![0u8; 4096].leak();
+    let driver_area = rings.as_ptr() as u64;
+    transport.queue_set(1, 16, outside, driver_area, driver_area + 2048);
+    transport.set_status(
+        DeviceStatus::ACKNOWLEDGE
+            | DeviceStatus::DRIVER
+            | DeviceStatus::FEATURES_OK
+            | DeviceStatus::DRIVER_OK,
+    );
+    transport.notify(1);
+    let status = transport.get_status();
+    if !status.contains(DeviceStatus::DEVICE_NEEDS_RESET) {
+        println!(
+            "nic: the device accepted a descriptor table outside guest memory (status {status:?})"
+        );
+        return Status::Failed;
+    }
+    println!("nic: the device refused the bad queue and needs a reset, as it should");
+    transport.set_status(DeviceStatus::empty());
+    if transport.get_status() != DeviceStatus::empty() {
+        println!("nic: the device did not reset");
+        return Status::Failed;
+    }
+    drop(transport);
+    // A normal bring-up now works, and a frame goes out.
+    let mut nic = match Nic::new() {
+        Ok(nic) => nic,
+        Err(error) => {
+            println!("nic: bring-up after the reset failed: {error}");
+            return Status::Failed;
+        }
+    };
+    let mut frame = [0u8; 60];
+    frame[..6].fill(0xff);
+    frame[6..12].copy_from_slice(&nic.mac());
+    frame[12..14].copy_from_slice(&0x88b5u16.to_be_bytes());
+    frame[14..30].copy_from_slice(b"after the reset!");
+    if nic.transmit(&frame).is_err() {
+        println!("nic: transmit after the reset failed");
+        return Status::Failed;
+    }
+    println!("nic: after the reset the device is usable again");
+    Status::Success
+}

@@ -22,6 +22,10 @@ pub fn run(platform: &Platform) -> ! {
             ring_consumer(platform, &peer, hostile)
         }
         Some(WorkloadKind::NicProbe) => nic_probe(&peer, workload.args[0] as u16),
+        Some(WorkloadKind::NicHostile) => {
+            let status = crate::nic::hostile_queue();
+            finish(&peer, status)
+        }
         // OS B has nothing to do in OS A's exit benchmark.
         Some(WorkloadKind::ExitBench) => finish(&peer, Status::Success),
         Some(WorkloadKind::NetService) => {

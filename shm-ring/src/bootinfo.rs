@@ -118,6 +118,10 @@ pub enum WorkloadKind {
     /// (0: be the server), `args[4]` the TCP port of the connection exchange, `args[5]` the
     /// path MTU in bytes.
     RdmaTest = 12,
+    /// Test of the host's virtio-net device: OS B gives it a transmit queue whose descriptor
+    /// table lies outside guest memory and checks that the device refuses it ("needs reset")
+    /// and comes back after a reset.
+    NicHostile = 13,
 }
 
 impl WorkloadKind {
@@ -137,6 +141,7 @@ impl WorkloadKind {
             10 => WorkloadKind::UdpEcho,
             11 => WorkloadKind::TcpClient,
             12 => WorkloadKind::RdmaTest,
+            13 => WorkloadKind::NicHostile,
             _ => return None,
         })
     }
