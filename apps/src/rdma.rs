@@ -780,43 +780,38 @@ fn fill(
     Ok(())
 }
 
-fn write_bw<O: Os>(
+/// Streams `params.iters` messages of `size` bytes, at most a window of them in flight, each
+/// posted with the operation `operation(index)` from a local buffer filled with its pattern;
+/// then tells the server it is done.
+fn stream<O: Os>(
     link: &mut Link<'_, O>,
     resources: &Resources,
     params: &TestParams,
     size: u32,
-    memory: Option<(u32, u64)>,
+    what: &'static str,
+    operation: impl Fn(u64) -> WrOperation,
 ) -> Result<TestReport, TestError> {
-    let (rkey, remote) = memory.ok_or(TestError::Exchange("no server memory"))?;
     let iters = u64::from(params.iters);
+    // A local buffer is refilled only once its previous message completed (RC completes in
+    // order): the window never exceeds the local buffers.
     let window = depth(size).min(TX_DEPTH) as u64;
     let start = link.os.now_ns();
     let (mut posted, mut completed) = (0u64, 0u64);
     while completed < iters {
         while posted < iters && posted - completed < window {
-            let slot = posted % SLOTS;
-            let offset = slot * u64::from(size);
-            // A local buffer is refilled only once its previous WRITE completed: the window
-            // never exceeds the local buffers.
             let local = (posted % window) * u64::from(size);
             fill(link, resources, local, size, posted)?;
             post_send(
                 &mut link.device,
                 resources,
                 posted,
-                WrOperation::RdmaWrite {
-                    remote_addr: remote + offset,
-                    rkey,
-                },
+                operation(posted),
                 local,
                 size,
             )?;
             posted += 1;
         }
-        link.pump();
-        completed += link
-            .completions(resources.cq, 1, "waiting for WRITE completions")?
-            .len() as u64;
+        completed += link.completions(resources.cq, 1, what)?.len() as u64;
     }
     let elapsed_ns = link.os.now_ns() - start;
     say_done(link, resources)?;
@@ -829,43 +824,44 @@ fn write_bw<O: Os>(
     })
 }
 
+/// RDMA WRITEs into the server's slots, round robin.
+fn write_bw<O: Os>(
+    link: &mut Link<'_, O>,
+    resources: &Resources,
+    params: &TestParams,
+    size: u32,
+    memory: Option<(u32, u64)>,
+) -> Result<TestReport, TestError> {
+    let (rkey, remote) = memory.ok_or(TestError::Exchange("no server memory"))?;
+    let slot_address = move |index: u64| remote + (index % SLOTS) * u64::from(size);
+    stream(
+        link,
+        resources,
+        params,
+        size,
+        "waiting for WRITE completions",
+        |index| WrOperation::RdmaWrite {
+            remote_addr: slot_address(index),
+            rkey,
+        },
+    )
+}
+
+/// SENDs into the server's posted receives.
 fn send_bw<O: Os>(
     link: &mut Link<'_, O>,
     resources: &Resources,
     params: &TestParams,
     size: u32,
 ) -> Result<TestReport, TestError> {
-    let iters = u64::from(params.iters);
-    let window = depth(size).min(TX_DEPTH) as u64;
-    let start = link.os.now_ns();
-    let (mut posted, mut completed) = (0u64, 0u64);
-    while completed < iters {
-        while posted < iters && posted - completed < window {
-            let local = (posted % window) * u64::from(size);
-            fill(link, resources, local, size, posted)?;
-            post_send(
-                &mut link.device,
-                resources,
-                posted,
-                WrOperation::Send,
-                local,
-                size,
-            )?;
-            posted += 1;
-        }
-        completed += link
-            .completions(resources.cq, 1, "waiting for SEND completions")?
-            .len() as u64;
-    }
-    let elapsed_ns = link.os.now_ns() - start;
-    say_done(link, resources)?;
-    Ok(TestReport {
-        messages: iters,
-        bytes: iters * u64::from(size),
-        elapsed_ns,
-        verified: true,
-        ..TestReport::default()
-    })
+    stream(
+        link,
+        resources,
+        params,
+        size,
+        "waiting for SEND completions",
+        |_| WrOperation::Send,
+    )
 }
 
 fn write_lat<O: Os>(

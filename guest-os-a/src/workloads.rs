@@ -5,7 +5,7 @@ use guest_rt::peer::Peer;
 use guest_rt::ring::IpiPlatform;
 use guest_rt::{Platform, println};
 use shm_ring::bootinfo::WorkloadKind;
-use shm_ring::control::{OsState, report};
+use shm_ring::control::report;
 use shm_ring::layout::Role;
 use shm_ring::pool::PoolOwner;
 use shm_ring::stream::{self, StreamParams};
@@ -72,13 +72,7 @@ pub fn run(platform: &Platform) -> ! {
 
 /// Ends the OS, publishing its final state first.
 fn finish(peer: &Peer, status: Status) -> ! {
-    let state = if status == Status::Success {
-        OsState::Done
-    } else {
-        OsState::Failed
-    };
-    peer.own.set_state(state);
-    exit::exit(status)
+    peer.finish(status)
 }
 
 /// Sends the peer one IPI and waits for its answer.

@@ -1,11 +1,11 @@
 //! The workloads OS B can run, selected by the boot info.
 
-use guest_rt::exit::{self, Status};
+use guest_rt::exit::Status;
 use guest_rt::peer::Peer;
 use guest_rt::ring::IpiPlatform;
 use guest_rt::{Platform, println};
 use shm_ring::bootinfo::WorkloadKind;
-use shm_ring::control::{OsState, report};
+use shm_ring::control::report;
 use shm_ring::stream::{self, StreamParams};
 
 /// Rejections logged before the rest are only counted.
@@ -52,13 +52,7 @@ pub fn run(platform: &Platform) -> ! {
 
 /// Ends the OS, publishing its final state first.
 fn finish(peer: &Peer, status: Status) -> ! {
-    let state = if status == Status::Success {
-        OsState::Done
-    } else {
-        OsState::Failed
-    };
-    peer.own.set_state(state);
-    exit::exit(status)
+    peer.finish(status)
 }
 
 /// Waits for OS A's IPI and answers it.

@@ -46,6 +46,18 @@ impl Peer {
         crate::lapic::send_ipi(self.peer_apic_id, RING_VECTOR);
     }
 
+    /// Ends this OS with `status`, publishing its final state (done or failed) first so that
+    /// the peer and the host see it.
+    pub fn finish(&self, status: crate::exit::Status) -> ! {
+        let state = if status == crate::exit::Status::Success {
+            OsState::Done
+        } else {
+            OsState::Failed
+        };
+        self.own.set_state(state);
+        crate::exit::exit(status)
+    }
+
     /// How many ring IPIs this OS sent.
     pub fn ipis_sent() -> u64 {
         IPIS_SENT.load(Ordering::Relaxed)
