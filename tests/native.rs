@@ -86,6 +86,7 @@ fn rdma_pair(
         local,
         port: 18515,
         mtu: roce::verbs::Mtu::Mtu1024,
+        handshake: apps::rdma::Handshake::RcPingpong,
     };
     type Results = Vec<(u8, Result<apps::rdma::TestReport, apps::rdma::TestError>)>;
     let results: Arc<Mutex<Results>> = Arc::default();

@@ -27,6 +27,8 @@ use roce::verbs::{
 
 use crate::{NetClient, Os, log};
 
+mod perftest;
+
 /// The tests.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[repr(u32)]
@@ -79,6 +81,40 @@ impl Test {
     }
 }
 
+/// How the two sides exchange their connection details before the test.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[repr(u32)]
+pub enum Handshake {
+    /// `ibv_rc_pingpong`'s exchange ([`roce::oob`]); for the tests that target the server's
+    /// memory the server appends its region's key and address (duovm's extension), so both
+    /// sides must be duovm except for `rc_pingpong`.
+    #[default]
+    RcPingpong = 0,
+    /// perftest's exchange ([`roce::perftest`]): duovm is the client of `ib_write_bw`
+    /// (`write_bw`), `ib_send_bw` (`send_bw`), `ib_read_lat` (`read_lat`), `ib_write_lat`
+    /// (`write_lat`) or `ib_atomic_lat` (`atomic_lat`) started with `-x` (a GID index).
+    Perftest = 1,
+}
+
+impl Handshake {
+    /// The handshake for a raw value.
+    pub const fn from_u32(value: u32) -> Option<Handshake> {
+        match value {
+            0 => Some(Handshake::RcPingpong),
+            1 => Some(Handshake::Perftest),
+            _ => None,
+        }
+    }
+
+    /// Its name, as `host-agent` spells it.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Handshake::RcPingpong => "rc_pingpong",
+            Handshake::Perftest => "perftest",
+        }
+    }
+}
+
 /// What to run.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct TestParams {
@@ -96,6 +132,8 @@ pub struct TestParams {
     pub port: u16,
     /// Path MTU.
     pub mtu: Mtu,
+    /// The connection exchange.
+    pub handshake: Handshake,
 }
 
 /// What a side measured.
@@ -256,6 +294,30 @@ impl<O: Os> Link<'_, O> {
                 return Err(TestError::Timeout(what));
             }
             self.idle();
+        }
+    }
+
+    /// Connects the exchange connection to `server`. The server may not listen yet: a refused
+    /// connection is tried again, as `rxe-retry` does for rc_pingpong, for up to a minute.
+    fn connect_exchange(&mut self, server: SocketAddrV4) -> Result<(), TestError> {
+        let give_up = self.os.now_ns() + STEP_TIMEOUT_NS;
+        loop {
+            let handle = self.client.tcp_connect(server, 0, 0)?;
+            self.exchange = Exchange {
+                handle: Some(handle),
+                ..Exchange::default()
+            };
+            self.until("connecting to the server", |link| {
+                link.exchange.connected || link.exchange.closed
+            })?;
+            if self.exchange.connected {
+                return Ok(());
+            }
+            if self.os.now_ns() > give_up {
+                return Err(TestError::Exchange("the server refused the connection"));
+            }
+            let pause = self.os.now_ns() + 200_000_000;
+            self.until("waiting to connect again", |link| link.os.now_ns() >= pause)?;
         }
     }
 
@@ -461,7 +523,10 @@ pub fn run_test(
     } else {
         params.size.max(1)
     };
-    let region = (u64::from(size) * depth(size) as u64).max(4096);
+    let region = match params.handshake {
+        Handshake::RcPingpong => (u64::from(size) * depth(size) as u64).max(4096),
+        Handshake::Perftest => perftest::region_len(size),
+    };
     let seed = os.now_ns();
     let mut config = DeviceConfig::new(params.local);
     config.seed = seed;
@@ -511,6 +576,16 @@ pub fn run_test(
         gid: Gid::from_ipv4(params.local),
     };
 
+    if params.handshake == Handshake::Perftest {
+        let outcome = match params.server {
+            Some(server) => perftest::run(&mut link, &resources, params, size, server),
+            None => Err(TestError::Exchange(
+                "with perftest's exchange duovm is the client only",
+            )),
+        };
+        return finish(link, outcome);
+    }
+
     // The connection exchange, as rc_pingpong does it.
     let remote_memory = match params.server {
         None => {
@@ -544,28 +619,7 @@ pub fn run_test(
             None
         }
         Some(server) => {
-            // The server may not listen yet: retry a refused connection, as `rxe-retry`
-            // does for rc_pingpong, for up to a minute.
-            let give_up = link.os.now_ns() + STEP_TIMEOUT_NS;
-            loop {
-                let target = SocketAddrV4::new(server, params.port);
-                let handle = link.client.tcp_connect(target, 0, 0)?;
-                link.exchange = Exchange {
-                    handle: Some(handle),
-                    ..Exchange::default()
-                };
-                link.until("connecting to the server", |link| {
-                    link.exchange.connected || link.exchange.closed
-                })?;
-                if link.exchange.connected {
-                    break;
-                }
-                if link.os.now_ns() > give_up {
-                    return Err(TestError::Exchange("the server refused the connection"));
-                }
-                let pause = link.os.now_ns() + 200_000_000;
-                link.until("waiting to connect again", |link| link.os.now_ns() >= pause)?;
-            }
+            link.connect_exchange(SocketAddrV4::new(server, params.port))?;
             link.tcp_send_all(&own.to_message())?;
             let message = link.tcp_take(oob::MESSAGE_LEN)?;
             let remote = Destination::from_message(&message)
@@ -595,14 +649,30 @@ pub fn run_test(
 
     let outcome = match (params.server.is_some(), params.test) {
         (false, test) => serve(&mut link, &resources, params, size, test),
-        (true, Test::WriteBw) => write_bw(&mut link, &resources, params, size, remote_memory),
-        (true, Test::SendBw) => send_bw(&mut link, &resources, params, size),
+        (true, Test::WriteBw) => {
+            let memory = remote_memory.ok_or(TestError::Exchange("no server memory"))?;
+            write_bw(&mut link, &resources, params, size, memory, SLOTS)
+                .and_then(|report| say_done(&mut link, &resources).map(|()| report))
+        }
+        (true, Test::SendBw) => send_bw(&mut link, &resources, params, size)
+            .and_then(|report| say_done(&mut link, &resources).map(|()| report)),
         (true, Test::WriteLat) => write_lat(&mut link, &resources, params, size, remote_memory),
         (true, Test::ReadLat | Test::AtomicLat) => {
-            read_or_atomic_lat(&mut link, &resources, params, size, remote_memory)
+            let memory = remote_memory.ok_or(TestError::Exchange("no server memory"))?;
+            read_or_atomic_lat(&mut link, &resources, params, size, memory, Expect::Pattern)
+                .and_then(|report| say_done(&mut link, &resources).map(|()| report))
         }
         (true, Test::Pingpong) => pingpong(&mut link, &resources, params, size, true),
     };
+    finish(link, outcome)
+}
+
+/// Logs the engine's counters if the test failed, lets the last ACKs go out and completes the
+/// report.
+fn finish<O: Os>(
+    mut link: Link<'_, O>,
+    outcome: Result<TestReport, TestError>,
+) -> Result<TestReport, TestError> {
     if let Err(error) = &outcome {
         let counters = link.device.counters();
         let stats = link.client.stats();
@@ -813,27 +883,25 @@ fn stream<O: Os>(
         }
         completed += link.completions(resources.cq, 1, what)?.len() as u64;
     }
-    let elapsed_ns = link.os.now_ns() - start;
-    say_done(link, resources)?;
     Ok(TestReport {
         messages: iters,
         bytes: iters * u64::from(size),
-        elapsed_ns,
+        elapsed_ns: link.os.now_ns() - start,
         verified: true,
         ..TestReport::default()
     })
 }
 
-/// RDMA WRITEs into the server's slots, round robin.
+/// RDMA WRITEs into `slots` slots of `size` bytes at the server's `memory`, round robin.
 fn write_bw<O: Os>(
     link: &mut Link<'_, O>,
     resources: &Resources,
     params: &TestParams,
     size: u32,
-    memory: Option<(u32, u64)>,
+    (rkey, remote): (u32, u64),
+    slots: u64,
 ) -> Result<TestReport, TestError> {
-    let (rkey, remote) = memory.ok_or(TestError::Exchange("no server memory"))?;
-    let slot_address = move |index: u64| remote + (index % SLOTS) * u64::from(size);
+    let slot_address = move |index: u64| remote + (index % slots) * u64::from(size);
     stream(
         link,
         resources,
@@ -921,17 +989,28 @@ fn write_lat<O: Os>(
     })
 }
 
+/// What READs and atomics should find in the server's memory.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Expect {
+    /// A duovm server: READs return [`pattern`] 0, the counter starts at 0.
+    Pattern,
+    /// A server whose memory holds anything (perftest's is random): every READ returns what
+    /// the first did, each FETCH_ADD returns one more than the one before.
+    Unchanged,
+}
+
 fn read_or_atomic_lat<O: Os>(
     link: &mut Link<'_, O>,
     resources: &Resources,
     params: &TestParams,
     size: u32,
-    memory: Option<(u32, u64)>,
+    (rkey, remote): (u32, u64),
+    expect: Expect,
 ) -> Result<TestReport, TestError> {
-    let (rkey, remote) = memory.ok_or(TestError::Exchange("no server memory"))?;
     let iters = u64::from(params.iters);
     let mut samples = Vec::with_capacity(iters as usize);
     let mut verified = true;
+    let mut first: Option<Vec<u8>> = None;
     let start = link.os.now_ns();
     for index in 0..iters {
         let operation = if params.test == Test::AtomicLat {
@@ -952,16 +1031,26 @@ fn read_or_atomic_lat<O: Os>(
         samples.push(link.os.now_ns() - sent);
         let mr = link.device.mr(resources.mr)?;
         let got = &mr.as_slice()[..size as usize];
-        verified &= if params.test == Test::AtomicLat {
-            u64::from_le_bytes(got.try_into().unwrap_or([0xff; 8])) == index
-        } else {
-            got.iter()
+        verified &= match (expect, params.test) {
+            (Expect::Pattern, Test::AtomicLat) => {
+                u64::from_le_bytes(got.try_into().unwrap_or([0xff; 8])) == index
+            }
+            (Expect::Pattern, _) => got
+                .iter()
                 .enumerate()
-                .all(|(at, byte)| *byte == pattern(0, at))
+                .all(|(at, byte)| *byte == pattern(0, at)),
+            (Expect::Unchanged, Test::AtomicLat) => {
+                let value = u64::from_le_bytes(got.try_into().unwrap_or([0xff; 8]));
+                let expected = first.as_ref().map(|first| {
+                    u64::from_le_bytes(first[..8].try_into().unwrap_or([0; 8])) + index
+                });
+                first.get_or_insert_with(|| got.to_vec());
+                expected.is_none_or(|expected| value == expected)
+            }
+            (Expect::Unchanged, _) => first.get_or_insert_with(|| got.to_vec()) == got,
         };
     }
     let elapsed_ns = link.os.now_ns() - start;
-    say_done(link, resources)?;
     samples.sort_unstable();
     if !verified {
         log!(

@@ -3,7 +3,7 @@
 
 use core::net::Ipv4Addr;
 
-use apps::rdma::{Test, TestParams, run_test};
+use apps::rdma::{Handshake, Test, TestParams, run_test};
 use apps::{NetClient, Outcome};
 use guest_rt::peer::Peer;
 use guest_rt::{Platform, println};
@@ -33,6 +33,7 @@ pub fn run(platform: &Platform, peer: &Peer, os: &mut GuestOs, client: &mut NetC
             args[4] as u16
         },
         mtu: Mtu::from_bytes(args[5] as u32).unwrap_or(Mtu::Mtu1024),
+        handshake: Handshake::from_u32(info.workload.flags).unwrap_or_default(),
     };
     let role = if server.is_some() { "client" } else { "server" };
     println!(

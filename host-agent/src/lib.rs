@@ -10,12 +10,15 @@
 //! - [`vm`]: building a VM from a [`vm::VmConfig`] and running it under the supervisor;
 //! - [`devices`]: the device models (virtio-net over virtio-mmio) and network back-ends;
 //! - [`cluster`]: several VMs on the built-in switch;
+//! - [`endpoint`]: one RDMA endpoint (VM or native) on a network the caller gives, against any
+//!   peer (duovm, `ibv_rc_pingpong`, perftest);
 //! - [`ringbench`], [`exitbench`]: the in-VM benchmarks;
 //! - [`images`]: finding and building the guest kernels.
 
 pub mod arch;
 pub mod cluster;
 pub mod devices;
+pub mod endpoint;
 pub mod exitbench;
 pub mod exits;
 pub mod images;

@@ -5,20 +5,21 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use apps::rdma::Test;
+use apps::rdma::{Handshake, Test, TestParams};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use host_agent::cluster::{Member, run_group};
 use host_agent::devices::net_backend::NetBackend;
 use host_agent::devices::pcap::PcapWriter;
 use host_agent::devices::switch::{Switch, SwitchConfig};
 use host_agent::devices::tap::Tap;
+use host_agent::endpoint::{self, EndpointReport, Identity};
 use host_agent::rdmabench::{self, RdmaBenchParams, RdmaBenchReport};
 use host_agent::ringbench::{self, RingBenchParams, RingBenchReport};
 use host_agent::vm::{RunReport, Vm, VmConfig};
 use host_agent::{exitbench, images};
 use roce::verbs::Mtu;
 use shm_ring::bootinfo::{NetConfig, Workload, WorkloadKind};
-use shm_ring::layout::MemoryMap;
+use shm_ring::layout::{MemoryMap, Role};
 use shm_ring::shared::SharedConfig;
 
 /// duovm's host agent: runs two bare-metal OSes in one KVM virtual machine.
@@ -56,6 +57,18 @@ enum Command {
     /// JSON keys: test, mode, size, iters, mtu, loss, messages, bytes, seconds, gbit_per_sec,
     /// messages_per_sec, lat_p50_us, lat_p99_us, retransmissions, verified.
     RdmaBench(RdmaBenchArgs),
+    /// Run one RDMA endpoint against a peer on a real network (a TAP device).
+    ///
+    /// The peer may be another duovm endpoint, rdma-core's ibv_rc_pingpong (--test rc-pingpong;
+    /// give it `-g <index of its IPv4 GID>`), or a perftest server started with `-x <GID
+    /// index>` (--handshake perftest: ib_write_bw for write-bw, ib_send_bw for send-bw,
+    /// ib_read_lat for read-lat, ib_write_lat for write-lat, ib_atomic_lat for atomic-lat),
+    /// for instance on a Linux host running the rdma_rxe (SoftRoCE) driver. Without --server
+    /// this endpoint is the server (rc_pingpong's exchange only). Size and iterations must
+    /// match the peer's (-s, -n). See docs/INTEROP.md.
+    /// JSON keys: test, mode, handshake, role, peer, size, iters, mtu, messages, bytes, seconds,
+    /// gbit_per_sec, messages_per_sec, lat_p50_us, lat_p99_us, retransmissions, verified.
+    Rdma(RdmaArgs),
     /// Measure the two exit paths: fast (on the vCPU thread) and supervisor (handed over).
     ///
     /// OS A makes COUNT exits of each kind; the agent counts the vCPU thread's context switches
@@ -178,6 +191,57 @@ struct RdmaBenchArgs {
     native: bool,
     /// Capture the client VM's NIC to this pcap file (tshark decodes it as RoCE).
     #[arg(long, value_name = "FILE")]
+    pcap: Option<PathBuf>,
+    #[command(flatten)]
+    vm: VmArgs,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum HandshakeArg {
+    /// ibv_rc_pingpong's LID:QPN:PSN:GID exchange (duovm peers add their memory's key).
+    RcPingpong,
+    /// perftest's exchange; this endpoint is the client of a perftest server.
+    Perftest,
+}
+
+#[derive(Debug, Args)]
+struct RdmaArgs {
+    /// The test.
+    #[arg(long, value_enum, default_value = "rc-pingpong")]
+    test: TestArg,
+    /// The server's IPv4 address; without it this endpoint serves.
+    #[arg(long)]
+    server: Option<std::net::Ipv4Addr>,
+    /// This endpoint's address and prefix, e.g. 10.77.0.2/24.
+    #[arg(long, value_parser = parse_cidr)]
+    ip: (std::net::Ipv4Addr, u8),
+    /// The TAP interface of this endpoint's NIC (created if missing; put it on the peer's
+    /// network, e.g. into a bridge, yourself).
+    #[arg(long, value_name = "NAME")]
+    tap: String,
+    /// The NIC's MAC address.
+    #[arg(long, default_value = "02:d0:00:00:00:0b", value_parser = parse_mac)]
+    mac: [u8; 6],
+    /// Message size in bytes (ibv_rc_pingpong's and perftest's -s).
+    #[arg(long, default_value_t = 4096)]
+    size: u32,
+    /// Messages (ibv_rc_pingpong's and perftest's -n).
+    #[arg(long, default_value_t = 1000)]
+    iters: u32,
+    /// TCP port of the connection exchange.
+    #[arg(long, default_value_t = roce::oob::DEFAULT_PORT)]
+    port: u16,
+    /// Path MTU (256, 512, 1024, 2048 or 4096; 1024 fits a 1500-byte link).
+    #[arg(long, default_value_t = 1024)]
+    mtu: u32,
+    /// The connection exchange the peer speaks.
+    #[arg(long, value_enum, default_value = "rc-pingpong")]
+    handshake: HandshakeArg,
+    /// Run the engines as host threads instead of in a VM.
+    #[arg(long)]
+    native: bool,
+    /// Capture the VM's NIC to this pcap file.
+    #[arg(long, value_name = "FILE", conflicts_with = "native")]
     pcap: Option<PathBuf>,
     #[command(flatten)]
     vm: VmArgs,
@@ -316,6 +380,22 @@ fn run_workload(args: &RunArgs) -> Result<RunReport> {
     Ok(vm.run(args.vm.timeout())?)
 }
 
+/// Parses `a.b.c.d/len`.
+fn parse_cidr(text: &str) -> Result<(std::net::Ipv4Addr, u8), String> {
+    let (address, prefix) = text
+        .split_once('/')
+        .ok_or_else(|| format!("{text}: expected an address and prefix, e.g. 10.77.0.2/24"))?;
+    let address = address
+        .parse()
+        .map_err(|error| format!("{address}: {error}"))?;
+    let prefix = prefix
+        .parse::<u8>()
+        .ok()
+        .filter(|prefix| (1..=32).contains(prefix))
+        .ok_or_else(|| format!("{prefix}: the prefix must be 1 to 32"))?;
+    Ok((address, prefix))
+}
+
 /// Parses `aa:bb:cc:dd:ee:ff`.
 fn parse_mac(text: &str) -> Result<[u8; 6], String> {
     let parts: Vec<&str> = text.split(':').collect();
@@ -449,6 +529,104 @@ fn rdma_bench(args: &RdmaBenchArgs) -> Result<bool> {
         println!("{}", serde_json::to_string(&report)?);
     } else {
         print_rdma_report(&report);
+    }
+    Ok(report.verified)
+}
+
+fn rdma(args: &RdmaArgs) -> Result<bool> {
+    let mtu = Mtu::from_bytes(args.mtu)
+        .ok_or_else(|| anyhow::anyhow!("--mtu must be 256, 512, 1024, 2048 or 4096"))?;
+    if args.iters == 0 || args.size == 0 {
+        anyhow::bail!("--iters and --size must be at least 1");
+    }
+    let handshake = match args.handshake {
+        HandshakeArg::RcPingpong => Handshake::RcPingpong,
+        HandshakeArg::Perftest => Handshake::Perftest,
+    };
+    if handshake == Handshake::Perftest && args.server.is_none() {
+        anyhow::bail!("with --handshake perftest this endpoint is a client: give --server");
+    }
+    let (ipv4, prefix_len) = args.ip;
+    let params = TestParams {
+        test: args.test.test(),
+        size: args.size,
+        iters: args.iters,
+        server: args.server,
+        local: ipv4,
+        port: args.port,
+        mtu,
+        handshake,
+    };
+    let identity = Identity {
+        mac: args.mac,
+        ipv4,
+        prefix_len,
+    };
+    let tap = Tap::open(&args.tap).with_context(|| format!("cannot open TAP {}", args.tap))?;
+    let echo = !args.vm.quiet && !args.vm.json;
+    let (result, mode) = if args.native {
+        let (result, native) = endpoint::run_native(&params, identity, Box::new(tap), echo)?;
+        if result.is_none() && !echo {
+            for line in native.lines.iter().rev().take(8).rev() {
+                eprintln!("  {line}");
+            }
+        }
+        (result, "native")
+    } else {
+        let images = args.vm.images()?;
+        let config = args.vm.config(images, [Workload::default(); 2])?;
+        let capture = match &args.pcap {
+            Some(path) => Some(
+                PcapWriter::create(path)
+                    .with_context(|| format!("cannot create {}", path.display()))?,
+            ),
+            None => None,
+        };
+        let (result, run) = endpoint::run_vm(
+            &config,
+            &params,
+            identity,
+            Box::new(tap),
+            capture,
+            args.vm.timeout(),
+        )?;
+        let ok = run.os(Role::A).success;
+        if !ok && !args.vm.json {
+            print_failure_logs(std::slice::from_ref(&run));
+        }
+        (ok.then_some(result), "vm")
+    };
+    let report = EndpointReport::new(&params, mode, result.as_ref());
+    if args.vm.json {
+        println!("{}", serde_json::to_string(&report)?);
+    } else {
+        println!(
+            "rdma: {} {} ({}, {} exchange) with {}: {} x {} B, MTU {}: {}",
+            report.test,
+            report.role,
+            report.mode,
+            report.handshake,
+            report.peer,
+            report.messages,
+            report.size,
+            report.mtu,
+            if report.verified {
+                "every completion and check passed"
+            } else {
+                "FAILED"
+            }
+        );
+        if result.is_some() {
+            println!(
+                "rdma: {:.3} s, {:.3} Gbit/s, {:.0} messages/s, latency p50 {:.1} us p99 {:.1} us, {} retransmissions",
+                report.seconds,
+                report.gbit_per_sec,
+                report.messages_per_sec,
+                report.lat_p50_us,
+                report.lat_p99_us,
+                report.retransmissions
+            );
+        }
     }
     Ok(report.verified)
 }
@@ -650,6 +828,7 @@ fn main() -> ExitCode {
         Command::RingBench(args) => ring_bench(args),
         Command::ExitBench(args) => exit_bench(args),
         Command::RdmaBench(args) => rdma_bench(args),
+        Command::Rdma(args) => rdma(args),
         Command::Run(args) => run_workload(args).map(|report| {
             if args.vm.json {
                 println!("{}", serde_json::to_string(&report).unwrap_or_default());

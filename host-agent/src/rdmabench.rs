@@ -9,11 +9,10 @@ use std::net::Ipv4Addr;
 use std::time::Duration;
 
 use apps::Outcome;
-use apps::rdma::{Test, TestParams, TestReport, run_test};
+use apps::rdma::{Handshake, Test, TestParams, TestReport, run_test};
 use roce::verbs::Mtu;
 use serde::Serialize;
 use shm_ring::bootinfo::{NetConfig, Workload, WorkloadKind};
-use shm_ring::control::report;
 use shm_ring::layout::Role;
 
 use crate::cluster::{Member, run_group_until};
@@ -140,30 +139,24 @@ pub fn run_vms(
     timeout: Duration,
     capture: Option<&std::path::Path>,
 ) -> Result<(RdmaBenchReport, Vec<RunReport>), VmError> {
-    let service = Workload {
-        kind: WorkloadKind::NetService as u32,
-        ..Workload::default()
-    };
     let members = [1u8, 2]
         .into_iter()
         .map(|index| {
-            let server = if index == 1 {
-                0
-            } else {
-                u64::from(u32::from(SERVER))
+            let test = TestParams {
+                test: params.test,
+                size: params.size,
+                iters: params.iters,
+                server: (index == 2).then_some(SERVER),
+                local: address(index),
+                port: roce::oob::DEFAULT_PORT,
+                mtu: params.mtu,
+                handshake: Handshake::RcPingpong,
             };
-            let os_a = Workload {
-                kind: WorkloadKind::RdmaTest as u32,
-                flags: 0,
-                args: [
-                    params.test as u64,
-                    u64::from(params.size),
-                    u64::from(params.iters),
-                    server,
-                    0,
-                    u64::from(params.mtu.bytes()),
-                ],
+            let service = Workload {
+                kind: WorkloadKind::NetService as u32,
+                ..Workload::default()
             };
+            let os_a = crate::endpoint::workload(&test);
             let mut config = base.clone();
             config.workloads = [os_a, service];
             config.net = NetConfig {
@@ -186,19 +179,7 @@ pub fn run_vms(
         .collect::<Result<Vec<_>, VmError>>()?;
     let switch = switch(params.loss);
     let runs = run_group_until(members, &switch, timeout, &[])?;
-    let side = |run: &RunReport| {
-        let slots = &run.os(Role::A).report;
-        let slot = |index: usize| slots.get(index).copied().unwrap_or(0);
-        TestReport {
-            messages: slot(report::RDMA_MESSAGES),
-            bytes: slot(report::RDMA_BYTES),
-            elapsed_ns: slot(report::RDMA_ELAPSED_NS),
-            p50_ns: slot(report::RDMA_P50_NS),
-            p99_ns: slot(report::RDMA_P99_NS),
-            retransmissions: slot(report::RDMA_RETRANSMISSIONS),
-            verified: slot(report::RDMA_VERIFIED) == 1,
-        }
-    };
+    let side = crate::endpoint::published;
     let both_ok = runs.iter().all(|run| run.os(Role::A).success);
     let report = RdmaBenchReport::new("vm", params, &side(&runs[1]), &side(&runs[0]), both_ok);
     Ok((report, runs))
@@ -221,6 +202,7 @@ pub fn run_native(
             local: address(index),
             port: roce::oob::DEFAULT_PORT,
             mtu: params.mtu,
+            handshake: Handshake::RcPingpong,
         };
         let results = results.clone();
         let app: NativeApp = Box::new(move |os, client| {

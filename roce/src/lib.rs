@@ -17,6 +17,8 @@
 //!   ([`verbs::Device::receive`]) and out ([`verbs::Device::poll_transmit`]), time passed in,
 //!   timers out ([`verbs::Device::next_deadline`]).
 //! * [`oob`]: the `ibv_rc_pingpong` connection exchange, to connect to a Linux rxe peer.
+//! * [`perftest`]: perftest's connection exchange, so that `ib_write_bw`, `ib_send_bw`,
+//!   `ib_read_lat`, `ib_write_lat` and `ib_atomic_lat` can serve duovm's tests.
 //!
 //! The crate is `no_std` (with `alloc`), has no `unsafe` code, and never panics on packet
 //! bytes (see the panic contract in [`wire`]). The engine never reads a clock and starts no
@@ -74,6 +76,7 @@ extern crate alloc;
 
 pub mod icrc;
 pub mod oob;
+pub mod perftest;
 pub mod transport;
 pub mod verbs;
 pub mod wire;

@@ -1,0 +1,220 @@
+//! One RDMA endpoint on a network the caller provides: a VM (OS A runs the test, OS B carries
+//! its packets) or the same engines as host threads, on a TAP or a switch port. The peer is
+//! anything that speaks the chosen connection exchange: another duovm endpoint, rdma-core's
+//! `ibv_rc_pingpong`, or perftest's `ib_*` tools on a Linux SoftRoCE host.
+
+use std::net::Ipv4Addr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use apps::Outcome;
+use apps::rdma::{TestParams, TestReport, run_test};
+use shm_ring::bootinfo::{NetConfig, Workload, WorkloadKind};
+use shm_ring::control::report;
+use shm_ring::layout::Role;
+
+use crate::devices::net_backend::NetBackend;
+use crate::devices::pcap::PcapWriter;
+use crate::native::{NativeApp, NativeError, NativeMember, NativeReport, spawn};
+use crate::vm::{RunReport, Vm, VmConfig, VmError};
+
+/// OS A's workload that runs `params` (the local address comes from the VM's network).
+pub fn workload(params: &TestParams) -> Workload {
+    Workload {
+        kind: WorkloadKind::RdmaTest as u32,
+        flags: params.handshake as u32,
+        args: [
+            params.test as u64,
+            u64::from(params.size),
+            u64::from(params.iters),
+            params
+                .server
+                .map_or(0, |server| u64::from(u32::from(server))),
+            u64::from(params.port),
+            u64::from(params.mtu.bytes()),
+        ],
+    }
+}
+
+/// What OS A published about its test at the end of a run.
+pub fn published(run: &RunReport) -> TestReport {
+    let slots = &run.os(Role::A).report;
+    let slot = |index: usize| slots.get(index).copied().unwrap_or(0);
+    TestReport {
+        messages: slot(report::RDMA_MESSAGES),
+        bytes: slot(report::RDMA_BYTES),
+        elapsed_ns: slot(report::RDMA_ELAPSED_NS),
+        p50_ns: slot(report::RDMA_P50_NS),
+        p99_ns: slot(report::RDMA_P99_NS),
+        retransmissions: slot(report::RDMA_RETRANSMISSIONS),
+        verified: slot(report::RDMA_VERIFIED) == 1,
+    }
+}
+
+/// The network identity of an endpoint.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Identity {
+    /// OS B's MAC.
+    pub mac: [u8; 6],
+    /// The endpoint's IPv4 address (OS B's, and the RoCE device's).
+    pub ipv4: Ipv4Addr,
+    /// Its prefix length.
+    pub prefix_len: u8,
+}
+
+impl Identity {
+    /// The VM network configuration of this identity.
+    pub fn net_config(&self) -> NetConfig {
+        NetConfig {
+            mac: self.mac,
+            prefix_len: self.prefix_len,
+            has_nic: 1,
+            ipv4: self.ipv4.octets(),
+            gateway: [0; 4],
+        }
+    }
+}
+
+/// Runs one side of a test in a VM built from `base`, its NIC on `backend`.
+///
+/// `params.local` is ignored: the VM's address is `identity.ipv4`. Returns what OS A published
+/// (all zeros if it failed before publishing) and the run's report.
+pub fn run_vm(
+    base: &VmConfig,
+    params: &TestParams,
+    identity: Identity,
+    backend: Box<dyn NetBackend>,
+    capture: Option<PcapWriter>,
+    timeout: Duration,
+) -> Result<(TestReport, RunReport), VmError> {
+    let mut config = base.clone();
+    let service = Workload {
+        kind: WorkloadKind::NetService as u32,
+        ..Workload::default()
+    };
+    config.workloads = [workload(params), service];
+    config.net = identity.net_config();
+    let mut vm = Vm::build(&config)?;
+    vm.attach_nic(identity.mac, backend, capture)?;
+    let run = vm.run(timeout)?;
+    Ok((published(&run), run))
+}
+
+/// Runs one side of a test natively (OS A's and OS B's engines as host threads) on `backend`.
+///
+/// Returns the test's report (`None` if it failed; the log says why) and the endpoint's.
+pub fn run_native(
+    params: &TestParams,
+    identity: Identity,
+    backend: Box<dyn NetBackend>,
+    echo: bool,
+) -> Result<(Option<TestReport>, NativeReport), NativeError> {
+    let mut params = *params;
+    params.local = identity.ipv4;
+    let result = Arc::new(Mutex::new(None));
+    let slot = result.clone();
+    let app: NativeApp = Box::new(move |os, client| match run_test(os, client, &params) {
+        Ok(report) => {
+            let outcome = if report.verified {
+                Outcome::Success
+            } else {
+                Outcome::Failed
+            };
+            if let Ok(mut slot) = slot.lock() {
+                *slot = Some(report);
+            }
+            outcome
+        }
+        Err(error) => {
+            apps::log!(os, "rdma: {} failed: {error:?}", params.test.name());
+            Outcome::Failed
+        }
+    });
+    let handle = spawn(NativeMember {
+        tag: format!("{}", identity.ipv4),
+        mac: identity.mac,
+        ipv4: identity.ipv4,
+        prefix_len: identity.prefix_len,
+        backend,
+        app,
+        echo,
+    })?;
+    let report = handle
+        .join()
+        .map_err(|_| NativeError::Net("the endpoint's thread panicked".into()))?;
+    let test = result.lock().ok().and_then(|slot| *slot);
+    Ok((test, report))
+}
+
+/// The result of one endpoint's test, with stable JSON keys.
+#[derive(Clone, Debug, serde::Serialize, PartialEq)]
+pub struct EndpointReport {
+    /// `write_bw`, `write_lat`, `read_lat`, `send_bw`, `atomic_lat` or `rc_pingpong`.
+    pub test: &'static str,
+    /// `vm` or `native`.
+    pub mode: &'static str,
+    /// `rc_pingpong` or `perftest`.
+    pub handshake: &'static str,
+    /// `client` or `server`.
+    pub role: &'static str,
+    /// The server's address (the client's own address for a server: `any`).
+    pub peer: String,
+    /// Message size in bytes.
+    pub size: u32,
+    /// Messages asked for.
+    pub iters: u32,
+    /// Path MTU asked for.
+    pub mtu: u32,
+    /// Messages completed.
+    pub messages: u64,
+    /// Payload bytes moved.
+    pub bytes: u64,
+    /// Seconds from the first post to the last completion.
+    pub seconds: f64,
+    /// Goodput.
+    pub gbit_per_sec: f64,
+    /// Messages per second.
+    pub messages_per_sec: f64,
+    /// Median latency (latency tests), microseconds.
+    pub lat_p50_us: f64,
+    /// 99th percentile latency (latency tests), microseconds.
+    pub lat_p99_us: f64,
+    /// Packets this endpoint retransmitted.
+    pub retransmissions: u64,
+    /// The test completed and every check passed.
+    pub verified: bool,
+}
+
+impl EndpointReport {
+    /// The report of `params` run in `mode`; `result` is `None` if the test failed.
+    pub fn new(params: &TestParams, mode: &'static str, result: Option<&TestReport>) -> Self {
+        let result = result.copied().unwrap_or_default();
+        let seconds = result.elapsed_ns as f64 / 1e9;
+        let per_second = |value: f64| if seconds > 0.0 { value / seconds } else { 0.0 };
+        EndpointReport {
+            test: params.test.name(),
+            mode,
+            handshake: params.handshake.name(),
+            role: if params.server.is_some() {
+                "client"
+            } else {
+                "server"
+            },
+            peer: params
+                .server
+                .map_or_else(|| "any".to_string(), |server| server.to_string()),
+            size: params.size,
+            iters: params.iters,
+            mtu: params.mtu.bytes(),
+            messages: result.messages,
+            bytes: result.bytes,
+            seconds,
+            gbit_per_sec: per_second(result.bytes as f64 * 8.0) / 1e9,
+            messages_per_sec: per_second(result.messages as f64),
+            lat_p50_us: result.p50_ns as f64 / 1000.0,
+            lat_p99_us: result.p99_ns as f64 / 1000.0,
+            retransmissions: result.retransmissions,
+            verified: result.verified && result.messages == u64::from(params.iters),
+        }
+    }
+}
