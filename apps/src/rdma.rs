@@ -199,6 +199,8 @@ const BUFFER_BUDGET: usize = 4 << 20;
 fn depth(size: u32) -> usize {
     (BUFFER_BUDGET / size.max(1) as usize).clamp(16, RX_DEPTH)
 }
+/// Events [`Link::pump`] takes before it lets the engine transmit.
+const PUMP_BATCH: usize = 32;
 /// How long any one step may wait before the test gives up.
 const STEP_TIMEOUT_NS: u64 = 60_000_000_000;
 /// The server region's base address.
@@ -232,9 +234,18 @@ struct Link<'a, O: Os> {
 impl<O: Os> Link<'_, O> {
     /// Moves packets and events: received RoCE packets into the engine, the engine's packets
     /// out, its timers; TCP events of the exchange into `exchange`.
-    fn pump(&mut self) {
+    ///
+    /// At most [`PUMP_BATCH`] events are taken per call, so that a flood of packets (a peer
+    /// resending a long message again and again) never keeps this side from answering:
+    /// acknowledgements go out between batches. Returns whether events may be left.
+    fn pump(&mut self) -> bool {
         let now = self.os.now_ns();
-        while let Some(event) = self.client.poll() {
+        let mut taken = 0;
+        while taken < PUMP_BATCH {
+            let Some(event) = self.client.poll() else {
+                break;
+            };
+            taken += 1;
             let exchange = &mut self.exchange;
             match event {
                 Event::RoceRx { packet } => self.device.receive(packet, now),
@@ -265,6 +276,7 @@ impl<O: Os> Link<'_, O> {
                 self.send_drops += 1;
             }
         }
+        taken == PUMP_BATCH
     }
 
     /// Sleeps until OS B signals, the engine's next timer, or 10 ms.
@@ -286,14 +298,16 @@ impl<O: Os> Link<'_, O> {
     ) -> Result<(), TestError> {
         let deadline = self.os.now_ns() + STEP_TIMEOUT_NS;
         loop {
-            self.pump();
+            let more = self.pump();
             if done(self) {
                 return Ok(());
             }
             if self.os.now_ns() > deadline {
                 return Err(TestError::Timeout(what));
             }
-            self.idle();
+            if !more {
+                self.idle();
+            }
         }
     }
 
@@ -699,8 +713,9 @@ fn finish<O: Os>(
     // Let the last ACKs go out before this side goes away.
     let until = link.os.now_ns() + 100_000_000;
     while link.os.now_ns() < until {
-        link.pump();
-        link.idle();
+        if !link.pump() {
+            link.idle();
+        }
     }
     report.retransmissions = link.device.counters().retransmitted_packets;
     Ok(report)

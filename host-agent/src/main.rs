@@ -9,7 +9,7 @@ use apps::rdma::{Handshake, Test, TestParams};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use host_agent::cluster::{Member, run_group};
 use host_agent::devices::net_backend::NetBackend;
-use host_agent::devices::pcap::PcapWriter;
+use host_agent::devices::pcap::{Captured, PcapWriter};
 use host_agent::devices::switch::{Switch, SwitchConfig};
 use host_agent::devices::tap::Tap;
 use host_agent::endpoint::{self, EndpointReport, Identity};
@@ -240,8 +240,8 @@ struct RdmaArgs {
     /// Run the engines as host threads instead of in a VM.
     #[arg(long)]
     native: bool,
-    /// Capture the VM's NIC to this pcap file.
-    #[arg(long, value_name = "FILE", conflicts_with = "native")]
+    /// Capture this endpoint's frames to this pcap file.
+    #[arg(long, value_name = "FILE")]
     pcap: Option<PathBuf>,
     #[command(flatten)]
     vm: VmArgs,
@@ -564,8 +564,22 @@ fn rdma(args: &RdmaArgs) -> Result<bool> {
     };
     let tap = Tap::open(&args.tap).with_context(|| format!("cannot open TAP {}", args.tap))?;
     let echo = !args.vm.quiet && !args.vm.json;
+    let capture = match &args.pcap {
+        Some(path) => Some(
+            PcapWriter::create(path)
+                .with_context(|| format!("cannot create {}", path.display()))?,
+        ),
+        None => None,
+    };
     let (result, mode) = if args.native {
-        let (result, native) = endpoint::run_native(&params, identity, Box::new(tap), echo)?;
+        let backend: Box<dyn NetBackend> = match capture {
+            Some(capture) => Box::new(Captured {
+                inner: tap,
+                capture,
+            }),
+            None => Box::new(tap),
+        };
+        let (result, native) = endpoint::run_native(&params, identity, backend, echo)?;
         if result.is_none() && !echo {
             for line in native.lines.iter().rev().take(8).rev() {
                 eprintln!("  {line}");
@@ -575,13 +589,6 @@ fn rdma(args: &RdmaArgs) -> Result<bool> {
     } else {
         let images = args.vm.images()?;
         let config = args.vm.config(images, [Workload::default(); 2])?;
-        let capture = match &args.pcap {
-            Some(path) => Some(
-                PcapWriter::create(path)
-                    .with_context(|| format!("cannot create {}", path.display()))?,
-            ),
-            None => None,
-        };
         let (result, run) = endpoint::run_vm(
             &config,
             &params,

@@ -14,6 +14,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use crate::devices::net_backend::{BackendError, NetBackend};
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TrySendError};
 
 /// Magic of a classic pcap file with microsecond timestamps.
@@ -150,6 +151,36 @@ impl Drop for PcapWriter {
         if let Err(error) = self.stop() {
             eprintln!("pcap: the capture is incomplete: {error}");
         }
+    }
+}
+
+/// A network back-end whose frames, both ways, are also captured (for endpoints that have
+/// no virtio device to capture at, such as native mode).
+#[derive(Debug)]
+pub struct Captured<B> {
+    /// The back-end.
+    pub inner: B,
+    /// The capture.
+    pub capture: PcapWriter,
+}
+
+impl<B: NetBackend> NetBackend for Captured<B> {
+    fn send(&mut self, frame: &[u8]) -> Result<(), BackendError> {
+        self.inner.send(frame)?;
+        self.capture.capture(frame);
+        Ok(())
+    }
+
+    fn receive(&mut self, buffer: &mut [u8]) -> Result<Option<usize>, BackendError> {
+        let received = self.inner.receive(buffer)?;
+        if let Some(len) = received {
+            self.capture.capture(&buffer[..len]);
+        }
+        Ok(received)
+    }
+
+    fn ready_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        self.inner.ready_fd()
     }
 }
 

@@ -113,7 +113,7 @@ pub use self::qp::{DEFAULT_TTL, MAX_SGE, udp_source_port};
 
 use crate::icrc::Icrc;
 use crate::verbs::{CqTable, Device, MrFault, MrTable};
-use crate::wire::{self, Rocev2Packet, Rocev2Repr, Transport};
+use crate::wire::{self, Operation, Rocev2Packet, Rocev2Repr, Transport};
 use core::net::Ipv4Addr;
 
 /// Unacknowledged PSNs a QP may have in flight (rxe's `RXE_MAX_UNACKED_PSNS`).
@@ -201,6 +201,9 @@ impl Device {
         self.handle_timeouts(now);
         self.counters.packets_received += 1;
         self.counters.bytes_received += packet.len() as u64;
+        if self.acknowledge_duplicate(packet) {
+            return;
+        }
         let parsed = Rocev2Packet::new_checked(packet).and_then(|view| {
             let repr = Rocev2Repr::parse(&view)?;
             Ok((view, repr))
@@ -287,6 +290,50 @@ impl Device {
         }
         self.note_timers(slot);
         self.schedule(slot);
+    }
+
+    /// Answers a SEND or RDMA WRITE packet that the responder took already, from its headers
+    /// alone, before the ICRC over its payload is computed. A peer that resends a long
+    /// message again and again (rxe does, every timeout, from its last acknowledged PSN) would
+    /// otherwise cost a CRC of every copy, and a receiver slower than the resends would spend
+    /// its time on copies it holds already while the packets it lacks wait behind them. The
+    /// only answer is an ACK of what this side holds, so an unverified header cannot make it
+    /// do anything else. Returns whether the packet was handled.
+    fn acknowledge_duplicate(&mut self, packet: &[u8]) -> bool {
+        let Ok(view) = Rocev2Packet::new_checked(packet) else {
+            return false;
+        };
+        let ib = view.ib();
+        let bth = ib.bth();
+        let Some(info) = bth.opcode().info() else {
+            return false;
+        };
+        if !info.is_request()
+            || !matches!(info.operation, Operation::Send | Operation::RdmaWrite)
+            || bth.opcode().transport() != Transport::ReliableConnection
+            || view.ipv4().dst_addr() != self.config.ipv4_addr
+        {
+            return false;
+        }
+        let Some(Some(qp)) = bth
+            .dest_qpn()
+            .checked_sub(crate::verbs::FIRST_QPN)
+            .and_then(|slot| self.qps.get_mut(slot as usize))
+        else {
+            return false;
+        };
+        if view.ipv4().src_addr() != qp.dest_addr
+            || !qp.can_respond()
+            || psn::diff(bth.psn(), qp.resp.psn) >= 0
+        {
+            return false;
+        }
+        self.counters.duplicate_requests += 1;
+        responder::acknowledge_again(qp);
+        let slot = (bth.dest_qpn() - crate::verbs::FIRST_QPN) as usize;
+        self.note_timers(slot);
+        self.schedule(slot);
+        true
     }
 
     /// Writes the next packet to send at the start of `out` and returns its length, or

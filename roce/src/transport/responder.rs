@@ -487,15 +487,18 @@ fn execute_atomic(qp: &mut QueuePair, env: &mut Env<'_>, ib: &RoceRepr) {
     qp.resp.in_message = InMessage::None;
 }
 
+/// Answers a duplicate SEND or RDMA WRITE: acknowledges again, whatever the AckReq bit
+/// (C9-105), up to the last request taken.
+pub(crate) fn acknowledge_again(qp: &mut QueuePair) {
+    let acknowledged = psn::sub(qp.resp.ack_psn, 1);
+    queue_ack(qp, acknowledged);
+}
+
 /// A request before the expected PSN (rxe `duplicate_request`).
 fn duplicate(qp: &mut QueuePair, env: &mut Env<'_>, ib: &RoceRepr, info: OpcodeInfo) {
     let psn = ib.bth.psn;
     match info.operation {
-        Operation::Send | Operation::RdmaWrite => {
-            // Acknowledge again, whatever the AckReq bit (C9-105).
-            let acknowledged = psn::sub(qp.resp.ack_psn, 1);
-            queue_ack(qp, acknowledged);
-        }
+        Operation::Send | Operation::RdmaWrite => acknowledge_again(qp),
         Operation::RdmaReadRequest => {
             let Some(reth) = ib.reth else {
                 return;

@@ -35,7 +35,7 @@ USER_PACKAGES=(
     busybox-static libc6 libgcc-s1
     rdma-core ibverbs-providers libibverbs1 ibverbs-utils perftest
     librdmacm1 libibumad3 libnl-3-200 libnl-route-3-200 libpci3 libudev1 zlib1g
-    iproute2 libmnl0 libbsd0 libcap2 libmd0
+    iproute2 libmnl0 libbsd0 libcap2 libmd0 libbpf1 libelf1 libxtables12
 )
 
 export DEBIAN_FRONTEND=noninteractive
@@ -115,12 +115,14 @@ for applet in $("$X/bin/busybox" --list); do
     [ -e "$ROOT/usr/bin/$applet" ] || ln -s busybox "$ROOT/usr/bin/$applet"
 done
 
-# Kernel modules: rdma_rxe, virtio-net, fw_cfg (the command comes that way) and their
+# Kernel modules: rdma_rxe, virtio-net, fw_cfg (the command comes that way), netem and what
+# it takes to apply it to received frames too (ifb, ingress, mirred, matchall), and their
 # dependencies, in load order.
 say "kernel $KVER: resolving modules"
 depmod -b "$X" "$KVER"
 : >"$ROOT/modules.order"
-for module in virtio_pci virtio_net qemu_fw_cfg crc32_generic rdma_rxe ib_uverbs; do
+for module in virtio_pci virtio_net qemu_fw_cfg crc32_generic rdma_rxe ib_uverbs \
+    sch_netem ifb sch_ingress act_mirred cls_matchall; do
     modprobe -d "$X" -S "$KVER" --show-depends "$module" |
         awk '$1 == "insmod" { print $2 }' | while read -r path; do
         relative=${path#"$X/lib/modules/$KVER/"}
@@ -156,7 +158,7 @@ copy_with_libraries() {
         esac
     done
 }
-tools=(usr/bin/ibv_devinfo usr/bin/ibv_devices usr/bin/ibv_rc_pingpong usr/bin/rdma)
+tools=(usr/bin/ibv_devinfo usr/bin/ibv_devices usr/bin/ibv_rc_pingpong usr/bin/rdma sbin/tc)
 for tool in "$X"/usr/bin/ib_*_{bw,lat}; do tools+=("${tool#"$X/"}"); done
 for tool in "${tools[@]}"; do copy_with_libraries "$tool"; done
 provider=$(cd "$X" && ls usr/lib/x86_64-linux-gnu/libibverbs/librxe-rdmav*.so)
