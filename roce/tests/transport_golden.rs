@@ -332,3 +332,82 @@ fn rnr_nak_and_sequence_nak_syndromes() {
 fn setup_psn(setup: &Setup) -> u32 {
     setup.sq_psn[0]
 }
+
+/// A SEND the responder took already is acknowledged again from its headers alone, before
+/// its ICRC is checked (a copy with a damaged payload still gets the ACK a resending peer
+/// needs); a new packet with a wrong ICRC is dropped and counted, and changes nothing.
+#[test]
+fn duplicates_are_acknowledged_before_the_icrc_new_packets_are_not() {
+    let setup = Setup {
+        region_len: 64 * 1024,
+        region_addr: Some([REGION_A, REGION_B]),
+        sq_psn: [0x12_3456, 0x65_4321],
+        ..Setup::default()
+    };
+    let (mut net, [a, b]) = connect(&setup, Faults::NONE, 1);
+    net.record = Some(Vec::new());
+    for wr_id in 1..=2 {
+        let sge = b.info.sge(0x8000, 4096);
+        net.devices[1]
+            .post_recv(
+                b.qp,
+                &RecvWr {
+                    wr_id,
+                    sg_list: &[sge],
+                },
+            )
+            .unwrap();
+    }
+    let sge = [a.info.sge(0, 2501)];
+    net.devices[0]
+        .post_send(a.qp, &SendWr::new(1, WrOperation::Send, &sge).signaled())
+        .unwrap();
+    let mut done = Vec::new();
+    net.run_until(1_000_000_000, |net| {
+        done.extend(poll_all(&mut net.devices[0], a.cq));
+        !done.is_empty()
+    });
+    assert_eq!(done[0].status, WcStatus::Success);
+    let record = net.record.take().unwrap();
+    let first = record
+        .iter()
+        .find(|(from, _)| *from == 0)
+        .map(|(_, bytes)| bytes.clone())
+        .unwrap();
+
+    // The SEND FIRST again, its payload damaged: an ACK of the whole SEND (PSN 0x123458).
+    let mut damaged = first.clone();
+    let last = damaged.len() - 10;
+    damaged[last] ^= 0xff;
+    assert!(
+        Rocev2Packet::new_checked(&damaged[..])
+            .unwrap()
+            .verify_icrc()
+            .is_err()
+    );
+    let before = net.devices[1].counters().clone();
+    net.devices[1].receive(&damaged, net.now);
+    let mut out = vec![0u8; 4096];
+    let len = net.devices[1]
+        .poll_transmit(net.now, &mut out)
+        .expect("an ACK");
+    let ack = Rocev2Packet::new_checked(&out[..len]).unwrap();
+    let repr = Rocev2Repr::parse(&ack).unwrap();
+    assert_eq!(repr.ib.bth.opcode, roce::wire::Opcode::RcAcknowledge);
+    assert_eq!(repr.ib.bth.psn, 0x12_3458);
+    let after = net.devices[1].counters().clone();
+    assert_eq!(after.duplicate_requests, before.duplicate_requests + 1);
+    assert_eq!(after.icrc_errors, before.icrc_errors);
+
+    // A new SEND ONLY at the expected PSN with a wrong ICRC: dropped, counted, no answer,
+    // no completion.
+    let mut new = first;
+    new[28 + 9..28 + 12].copy_from_slice(&[0x12, 0x34, 0x59]); // PSN
+    new[28] = 0x04; // SEND ONLY
+    net.devices[1].receive(&new, net.now);
+    assert_eq!(net.devices[1].poll_transmit(net.now, &mut out), None);
+    assert_eq!(net.devices[1].counters().icrc_errors, after.icrc_errors + 1);
+    let mut completions = poll_all(&mut net.devices[1], b.cq);
+    completions.retain(|completion| completion.wr_id == 2);
+    assert!(completions.is_empty());
+}
