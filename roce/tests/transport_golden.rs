@@ -385,7 +385,7 @@ fn duplicates_are_acknowledged_before_the_icrc_new_packets_are_not() {
             .verify_icrc()
             .is_err()
     );
-    let before = net.devices[1].counters().clone();
+    let before = *net.devices[1].counters();
     net.devices[1].receive(&damaged, net.now);
     let mut out = vec![0u8; 4096];
     let len = net.devices[1]
@@ -395,7 +395,7 @@ fn duplicates_are_acknowledged_before_the_icrc_new_packets_are_not() {
     let repr = Rocev2Repr::parse(&ack).unwrap();
     assert_eq!(repr.ib.bth.opcode, roce::wire::Opcode::RcAcknowledge);
     assert_eq!(repr.ib.bth.psn, 0x12_3458);
-    let after = net.devices[1].counters().clone();
+    let after = *net.devices[1].counters();
     assert_eq!(after.duplicate_requests, before.duplicate_requests + 1);
     assert_eq!(after.icrc_errors, before.icrc_errors);
 
