@@ -475,3 +475,39 @@ proptest! {
         prop_assert_ne!(icrc_of(&bytes), original);
     }
 }
+
+proptest! {
+    /// What a peer sends during the connection exchange is untrusted: no parser panics, and
+    /// whatever one accepts formats back to the same value.
+    #[test]
+    fn connection_messages_never_panic_and_round_trip(
+        bytes in prop::collection::vec(any::<u8>(), 0..140),
+    ) {
+        use roce::oob::Destination;
+        use roce::perftest::{self, Keys};
+        if let Ok(destination) = Destination::from_message(&bytes) {
+            prop_assert_eq!(Destination::from_message(&destination.to_message()), Ok(destination));
+        }
+        if let Ok(keys) = Keys::from_message(&bytes) {
+            let again = Keys::from_message(&keys.to_message());
+            prop_assert!(again.is_ok());
+            let again = again.unwrap();
+            prop_assert_eq!((again.qpn, again.psn, again.rkey, again.vaddr), (keys.qpn, keys.psn, keys.rkey, keys.vaddr));
+            prop_assert_eq!(again.gid, keys.gid);
+        }
+        let _ = perftest::version_hundredths(&bytes);
+        let _ = perftest::parse_mtu(&bytes);
+    }
+
+    #[test]
+    fn perftest_keys_round_trip(
+        lid in any::<u16>(), out_reads in any::<u16>(), qpn in 0u32..1 << 24, psn in 0u32..1 << 24,
+        rkey in any::<u32>(), vaddr in any::<u64>(), gid in any::<[u8; 16]>(), srqn in any::<u32>(),
+    ) {
+        use roce::perftest::Keys;
+        let keys = Keys { lid, out_reads, qpn, psn, rkey, vaddr, gid: roce::verbs::Gid(gid), srqn };
+        let message = keys.to_message();
+        prop_assert_eq!(message[107], 0);
+        prop_assert_eq!(Keys::from_message(&message), Ok(keys));
+    }
+}
