@@ -34,7 +34,7 @@ fn run(
     )
     .unwrap();
     assert!(report.verified, "{test:?}: {report:#?}\n{runs:#?}");
-    assert_eq!(report.messages, u64::from(iters));
+    assert_eq!(report.figures.messages, u64::from(iters));
     report
 }
 
@@ -57,7 +57,7 @@ fn rdma_between_vms_survives_loss() {
         return;
     }
     let report = run(Test::SendBw, 4096, 20, 0.03, None);
-    assert!(report.retransmissions > 0, "{report:#?}");
+    assert!(report.figures.retransmissions > 0, "{report:#?}");
 }
 
 #[test]

@@ -503,6 +503,27 @@ fn percentile(sorted: &[u64], fraction: f64) -> u64 {
     sorted[index.min(sorted.len() - 1)]
 }
 
+/// The report of a latency test: `iters` messages of `size` bytes, the latency percentiles
+/// of `samples`.
+fn latency_report(
+    iters: u64,
+    size: u32,
+    elapsed_ns: u64,
+    mut samples: Vec<u64>,
+    verified: bool,
+) -> TestReport {
+    samples.sort_unstable();
+    TestReport {
+        messages: iters,
+        bytes: iters * u64::from(size),
+        elapsed_ns,
+        p50_ns: percentile(&samples, 0.5),
+        p99_ns: percentile(&samples, 0.99),
+        verified,
+        ..TestReport::default()
+    }
+}
+
 /// The server region's remote key and address, as the server appends them.
 fn memory_message(rkey: u32, addr: u64) -> [u8; 26] {
     const HEX: &[u8; 16] = b"0123456789abcdef";
@@ -992,16 +1013,7 @@ fn write_lat<O: Os>(
         0,
     )?;
     link.completions(resources.cq, 1, "sending done")?;
-    samples.sort_unstable();
-    Ok(TestReport {
-        messages: iters,
-        bytes: iters * u64::from(size),
-        elapsed_ns,
-        p50_ns: percentile(&samples, 0.5),
-        p99_ns: percentile(&samples, 0.99),
-        verified: true,
-        ..TestReport::default()
-    })
+    Ok(latency_report(iters, size, elapsed_ns, samples, true))
 }
 
 /// What READs and atomics should find in the server's memory.
@@ -1066,7 +1078,6 @@ fn read_or_atomic_lat<O: Os>(
         };
     }
     let elapsed_ns = link.os.now_ns() - start;
-    samples.sort_unstable();
     if !verified {
         log!(
             link.os,
@@ -1074,15 +1085,7 @@ fn read_or_atomic_lat<O: Os>(
             params.test.name()
         );
     }
-    Ok(TestReport {
-        messages: iters,
-        bytes: iters * u64::from(size),
-        elapsed_ns,
-        p50_ns: percentile(&samples, 0.5),
-        p99_ns: percentile(&samples, 0.99),
-        verified,
-        ..TestReport::default()
-    })
+    Ok(latency_report(iters, size, elapsed_ns, samples, verified))
 }
 
 /// `ibv_rc_pingpong`'s exchange: SENDs of `size` bytes of 0x7b, the client first; each side

@@ -100,18 +100,20 @@ pub fn run_vm(
     Ok((published(&run), run))
 }
 
-/// Runs one side of a test natively (OS A's and OS B's engines as host threads) on `backend`.
-///
-/// Returns the test's report (`None` if it failed; the log says why) and the endpoint's.
-pub fn run_native(
+/// Where a native endpoint leaves its test's report (`None` until it ends well).
+pub type ReportSlot = Arc<Mutex<Option<TestReport>>>;
+
+/// A native endpoint that runs one side of `params` (its local address is `identity`'s) on
+/// `backend`, and the slot its report lands in.
+pub fn native_member(
     params: &TestParams,
     identity: Identity,
     backend: Box<dyn NetBackend>,
     echo: bool,
-) -> Result<(Option<TestReport>, NativeReport), NativeError> {
+) -> (NativeMember, ReportSlot) {
     let mut params = *params;
     params.local = identity.ipv4;
-    let result = Arc::new(Mutex::new(None));
+    let result: ReportSlot = Arc::default();
     let slot = result.clone();
     let app: NativeApp = Box::new(move |os, client| match run_test(os, client, &params) {
         Ok(report) => {
@@ -130,7 +132,7 @@ pub fn run_native(
             Outcome::Failed
         }
     });
-    let handle = spawn(NativeMember {
+    let member = NativeMember {
         tag: format!("{}", identity.ipv4),
         mac: identity.mac,
         ipv4: identity.ipv4,
@@ -138,33 +140,30 @@ pub fn run_native(
         backend,
         app,
         echo,
-    })?;
-    let report = handle
+    };
+    (member, result)
+}
+
+/// Runs one side of a test natively (OS A's and OS B's engines as host threads) on `backend`.
+///
+/// Returns the test's report (`None` if it failed; the log says why) and the endpoint's.
+pub fn run_native(
+    params: &TestParams,
+    identity: Identity,
+    backend: Box<dyn NetBackend>,
+    echo: bool,
+) -> Result<(Option<TestReport>, NativeReport), NativeError> {
+    let (member, result) = native_member(params, identity, backend, echo);
+    let report = spawn(member)?
         .join()
         .map_err(|_| NativeError::Net("the endpoint's thread panicked".into()))?;
     let test = result.lock().ok().and_then(|slot| *slot);
     Ok((test, report))
 }
 
-/// The result of one endpoint's test, with stable JSON keys.
-#[derive(Clone, Debug, serde::Serialize, PartialEq)]
-pub struct EndpointReport {
-    /// `write_bw`, `write_lat`, `read_lat`, `send_bw`, `atomic_lat` or `rc_pingpong`.
-    pub test: &'static str,
-    /// `vm` or `native`.
-    pub mode: &'static str,
-    /// `rc_pingpong` or `perftest`.
-    pub handshake: &'static str,
-    /// `client` or `server`.
-    pub role: &'static str,
-    /// The server's address (the client's own address for a server: `any`).
-    pub peer: String,
-    /// Message size in bytes.
-    pub size: u32,
-    /// Messages asked for.
-    pub iters: u32,
-    /// Path MTU asked for.
-    pub mtu: u32,
+/// What one side of a test measured, with stable JSON keys.
+#[derive(Clone, Debug, Default, serde::Serialize, PartialEq)]
+pub struct Figures {
     /// Messages completed.
     pub messages: u64,
     /// Payload bytes moved.
@@ -179,8 +178,50 @@ pub struct EndpointReport {
     pub lat_p50_us: f64,
     /// 99th percentile latency (latency tests), microseconds.
     pub lat_p99_us: f64,
-    /// Packets this endpoint retransmitted.
+    /// Packets retransmitted.
     pub retransmissions: u64,
+}
+
+impl Figures {
+    /// The figures of a test's report.
+    pub fn of(report: &TestReport) -> Self {
+        let seconds = report.elapsed_ns as f64 / 1e9;
+        let per_second = |value: f64| if seconds > 0.0 { value / seconds } else { 0.0 };
+        Figures {
+            messages: report.messages,
+            bytes: report.bytes,
+            seconds,
+            gbit_per_sec: per_second(report.bytes as f64 * 8.0) / 1e9,
+            messages_per_sec: per_second(report.messages as f64),
+            lat_p50_us: report.p50_ns as f64 / 1000.0,
+            lat_p99_us: report.p99_ns as f64 / 1000.0,
+            retransmissions: report.retransmissions,
+        }
+    }
+}
+
+/// The result of one endpoint's test, with stable JSON keys.
+#[derive(Clone, Debug, serde::Serialize, PartialEq)]
+pub struct EndpointReport {
+    /// `write_bw`, `write_lat`, `read_lat`, `send_bw`, `atomic_lat` or `rc_pingpong`.
+    pub test: &'static str,
+    /// `vm` or `native`.
+    pub mode: &'static str,
+    /// `rc_pingpong` or `perftest`.
+    pub handshake: &'static str,
+    /// `client` or `server`.
+    pub role: &'static str,
+    /// The server's address (`any` for a server).
+    pub peer: String,
+    /// Message size in bytes.
+    pub size: u32,
+    /// Messages asked for.
+    pub iters: u32,
+    /// Path MTU asked for.
+    pub mtu: u32,
+    /// What this endpoint measured (its own retransmissions).
+    #[serde(flatten)]
+    pub figures: Figures,
     /// The test completed and every check passed.
     pub verified: bool,
 }
@@ -189,8 +230,6 @@ impl EndpointReport {
     /// The report of `params` run in `mode`; `result` is `None` if the test failed.
     pub fn new(params: &TestParams, mode: &'static str, result: Option<&TestReport>) -> Self {
         let result = result.copied().unwrap_or_default();
-        let seconds = result.elapsed_ns as f64 / 1e9;
-        let per_second = |value: f64| if seconds > 0.0 { value / seconds } else { 0.0 };
         EndpointReport {
             test: params.test.name(),
             mode,
@@ -206,14 +245,7 @@ impl EndpointReport {
             size: params.size,
             iters: params.iters,
             mtu: params.mtu.bytes(),
-            messages: result.messages,
-            bytes: result.bytes,
-            seconds,
-            gbit_per_sec: per_second(result.bytes as f64 * 8.0) / 1e9,
-            messages_per_sec: per_second(result.messages as f64),
-            lat_p50_us: result.p50_ns as f64 / 1000.0,
-            lat_p99_us: result.p99_ns as f64 / 1000.0,
-            retransmissions: result.retransmissions,
+            figures: Figures::of(&result),
             verified: result.verified && result.messages == u64::from(params.iters),
         }
     }

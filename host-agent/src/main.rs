@@ -12,7 +12,7 @@ use host_agent::devices::net_backend::NetBackend;
 use host_agent::devices::pcap::{Captured, PcapWriter};
 use host_agent::devices::switch::{Switch, SwitchConfig};
 use host_agent::devices::tap::Tap;
-use host_agent::endpoint::{self, EndpointReport, Identity};
+use host_agent::endpoint::{self, EndpointReport, Figures, Identity};
 use host_agent::rdmabench::{self, RdmaBenchParams, RdmaBenchReport};
 use host_agent::ringbench::{self, RingBenchParams, RingBenchReport};
 use host_agent::vm::{RunReport, Vm, VmConfig};
@@ -466,7 +466,7 @@ fn print_rdma_report(report: &RdmaBenchReport) {
         "rdma: {} ({}), {} x {} B, MTU {}, loss {}: {}",
         report.test,
         report.mode,
-        report.messages,
+        report.figures.messages,
         report.size,
         report.mtu,
         report.loss,
@@ -476,14 +476,18 @@ fn print_rdma_report(report: &RdmaBenchReport) {
             "NOT verified"
         }
     );
+    print_figures(&report.figures);
+}
+
+fn print_figures(figures: &Figures) {
     println!(
         "rdma: {:.3} s, {:.3} Gbit/s, {:.0} messages/s, latency p50 {:.1} us p99 {:.1} us, {} retransmissions",
-        report.seconds,
-        report.gbit_per_sec,
-        report.messages_per_sec,
-        report.lat_p50_us,
-        report.lat_p99_us,
-        report.retransmissions
+        figures.seconds,
+        figures.gbit_per_sec,
+        figures.messages_per_sec,
+        figures.lat_p50_us,
+        figures.lat_p99_us,
+        figures.retransmissions
     );
 }
 
@@ -614,7 +618,7 @@ fn rdma(args: &RdmaArgs) -> Result<bool> {
             report.mode,
             report.handshake,
             report.peer,
-            report.messages,
+            report.figures.messages,
             report.size,
             report.mtu,
             if report.verified {
@@ -624,15 +628,7 @@ fn rdma(args: &RdmaArgs) -> Result<bool> {
             }
         );
         if result.is_some() {
-            println!(
-                "rdma: {:.3} s, {:.3} Gbit/s, {:.0} messages/s, latency p50 {:.1} us p99 {:.1} us, {} retransmissions",
-                report.seconds,
-                report.gbit_per_sec,
-                report.messages_per_sec,
-                report.lat_p50_us,
-                report.lat_p99_us,
-                report.retransmissions
-            );
+            print_figures(&report.figures);
         }
     }
     Ok(report.verified)

@@ -9,15 +9,16 @@ use std::net::Ipv4Addr;
 use std::time::Duration;
 
 use apps::Outcome;
-use apps::rdma::{Handshake, Test, TestParams, TestReport, run_test};
+use apps::rdma::{Handshake, Test, TestParams, TestReport};
 use roce::verbs::Mtu;
 use serde::Serialize;
-use shm_ring::bootinfo::{NetConfig, Workload, WorkloadKind};
+use shm_ring::bootinfo::{Workload, WorkloadKind};
 use shm_ring::layout::Role;
 
 use crate::cluster::{Member, run_group_until};
 use crate::devices::switch::{FaultConfig, Switch, SwitchConfig};
-use crate::native::{NativeApp, NativeMember, spawn};
+use crate::endpoint::{Figures, Identity, ReportSlot, native_member, published, workload};
+use crate::native::spawn;
 use crate::vm::{RunReport, VmConfig, VmError};
 
 /// What to run.
@@ -50,22 +51,9 @@ pub struct RdmaBenchReport {
     pub mtu: u32,
     /// Frame loss injected.
     pub loss: f64,
-    /// Messages the client completed.
-    pub messages: u64,
-    /// Payload bytes the client moved.
-    pub bytes: u64,
-    /// Seconds from the client's first post to its last completion.
-    pub seconds: f64,
-    /// Goodput.
-    pub gbit_per_sec: f64,
-    /// Messages per second.
-    pub messages_per_sec: f64,
-    /// Median latency (latency tests), microseconds.
-    pub lat_p50_us: f64,
-    /// 99th percentile latency (latency tests), microseconds.
-    pub lat_p99_us: f64,
-    /// Packets retransmitted by both sides.
-    pub retransmissions: u64,
+    /// The client's figures; `retransmissions` counts both sides'.
+    #[serde(flatten)]
+    pub figures: Figures,
     /// Every byte and completion checked out on both sides.
     pub verified: bool,
 }
@@ -78,7 +66,8 @@ impl RdmaBenchReport {
         server: &TestReport,
         both_ok: bool,
     ) -> Self {
-        let seconds = client.elapsed_ns as f64 / 1e9;
+        let mut figures = Figures::of(client);
+        figures.retransmissions += server.retransmissions;
         RdmaBenchReport {
             test: params.test.name(),
             mode,
@@ -86,22 +75,7 @@ impl RdmaBenchReport {
             iters: params.iters,
             mtu: params.mtu.bytes(),
             loss: params.loss,
-            messages: client.messages,
-            bytes: client.bytes,
-            seconds,
-            gbit_per_sec: if seconds > 0.0 {
-                client.bytes as f64 * 8.0 / seconds / 1e9
-            } else {
-                0.0
-            },
-            messages_per_sec: if seconds > 0.0 {
-                client.messages as f64 / seconds
-            } else {
-                0.0
-            },
-            lat_p50_us: client.p50_ns as f64 / 1000.0,
-            lat_p99_us: client.p99_ns as f64 / 1000.0,
-            retransmissions: client.retransmissions + server.retransmissions,
+            figures,
             verified: both_ok
                 && client.verified
                 && server.verified
@@ -112,12 +86,27 @@ impl RdmaBenchReport {
 
 const SERVER: Ipv4Addr = Ipv4Addr::new(10, 77, 9, 1);
 
-fn address(index: u8) -> Ipv4Addr {
-    Ipv4Addr::new(10, 77, 9, index)
+/// Endpoint `index` (1, the server, or 2, the client) on the switch.
+fn identity(index: u8) -> Identity {
+    Identity {
+        mac: [0x02, 0xd0, 0, 9, index, 0x0b],
+        ipv4: Ipv4Addr::new(10, 77, 9, index),
+        prefix_len: 24,
+    }
 }
 
-fn mac(index: u8) -> [u8; 6] {
-    [0x02, 0xd0, 0, 9, index, 0x0b]
+/// What endpoint `index` runs.
+fn side_params(params: &RdmaBenchParams, index: u8) -> TestParams {
+    TestParams {
+        test: params.test,
+        size: params.size,
+        iters: params.iters,
+        server: (index == 2).then_some(SERVER),
+        local: identity(index).ipv4,
+        port: roce::oob::DEFAULT_PORT,
+        mtu: params.mtu,
+        handshake: Handshake::RcPingpong,
+    }
 }
 
 fn switch(loss: f64) -> Switch {
@@ -142,30 +131,13 @@ pub fn run_vms(
     let members = [1u8, 2]
         .into_iter()
         .map(|index| {
-            let test = TestParams {
-                test: params.test,
-                size: params.size,
-                iters: params.iters,
-                server: (index == 2).then_some(SERVER),
-                local: address(index),
-                port: roce::oob::DEFAULT_PORT,
-                mtu: params.mtu,
-                handshake: Handshake::RcPingpong,
-            };
             let service = Workload {
                 kind: WorkloadKind::NetService as u32,
                 ..Workload::default()
             };
-            let os_a = crate::endpoint::workload(&test);
             let mut config = base.clone();
-            config.workloads = [os_a, service];
-            config.net = NetConfig {
-                mac: mac(index),
-                prefix_len: 24,
-                has_nic: 1,
-                ipv4: address(index).octets(),
-                gateway: [0; 4],
-            };
+            config.workloads = [workload(&side_params(params, index)), service];
+            config.net = identity(index).net_config();
             let capture = match capture {
                 Some(path) if index == 2 => Some(
                     crate::devices::pcap::PcapWriter::create(path).map_err(|error| {
@@ -179,7 +151,7 @@ pub fn run_vms(
         .collect::<Result<Vec<_>, VmError>>()?;
     let switch = switch(params.loss);
     let runs = run_group_until(members, &switch, timeout, &[])?;
-    let side = crate::endpoint::published;
+    let side = published;
     let both_ok = runs.iter().all(|run| run.os(Role::A).success);
     let report = RdmaBenchReport::new("vm", params, &side(&runs[1]), &side(&runs[0]), both_ok);
     Ok((report, runs))
@@ -191,45 +163,15 @@ pub fn run_native(
     echo: bool,
 ) -> Result<(RdmaBenchReport, Vec<Vec<String>>), crate::native::NativeError> {
     let switch = switch(params.loss);
-    let results = std::sync::Arc::new(std::sync::Mutex::new([None, None]));
     let mut handles = Vec::new();
+    let mut slots = Vec::new();
     for index in [1u8, 2] {
-        let test_params = TestParams {
-            test: params.test,
-            size: params.size,
-            iters: params.iters,
-            server: (index == 2).then_some(SERVER),
-            local: address(index),
-            port: roce::oob::DEFAULT_PORT,
-            mtu: params.mtu,
-            handshake: Handshake::RcPingpong,
-        };
-        let results = results.clone();
-        let app: NativeApp = Box::new(move |os, client| {
-            let result = run_test(os, client, &test_params);
-            let outcome = match &result {
-                Ok(report) if report.verified => Outcome::Success,
-                Ok(_) => Outcome::Failed,
-                Err(error) => {
-                    apps::log!(os, "rdma: failed: {error:?}");
-                    Outcome::Failed
-                }
-            };
-            if let Ok(mut slots) = results.lock() {
-                slots[usize::from(index - 1)] = result.ok();
-            }
-            outcome
-        });
-        let backend = Box::new(switch.port(Some(mac(index)))?);
-        handles.push(spawn(NativeMember {
-            tag: format!("n{index}"),
-            mac: mac(index),
-            ipv4: address(index),
-            prefix_len: 24,
-            backend,
-            app,
-            echo,
-        })?);
+        let backend = Box::new(switch.port(Some(identity(index).mac))?);
+        let (mut member, slot) =
+            native_member(&side_params(params, index), identity(index), backend, echo);
+        member.tag = format!("n{index}");
+        handles.push(spawn(member)?);
+        slots.push(slot);
     }
     let mut logs = Vec::new();
     let mut both_ok = true;
@@ -242,9 +184,8 @@ pub fn run_native(
             Err(_) => both_ok = false,
         }
     }
-    let slots = results.lock().map(|slots| *slots).unwrap_or([None, None]);
-    let server = slots[0].unwrap_or_default();
-    let client = slots[1].unwrap_or_default();
+    let report = |slot: &ReportSlot| slot.lock().ok().and_then(|slot| *slot).unwrap_or_default();
+    let (server, client) = (report(&slots[0]), report(&slots[1]));
     Ok((
         RdmaBenchReport::new("native", params, &client, &server, both_ok),
         logs,

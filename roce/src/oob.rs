@@ -122,21 +122,42 @@ fn hex_digit(byte: u8) -> Result<u8, OobError> {
     }
 }
 
-/// A hex number of 1 to 8 digits, as `%x` reads it (leading blanks allowed).
-fn hex_number(field: &[u8]) -> Result<u32, OobError> {
+/// The text of a C string: up to its first NUL, or all of it.
+pub(crate) fn c_text(message: &[u8]) -> &[u8] {
+    message
+        .iter()
+        .position(|&byte| byte == 0)
+        .map_or(message, |end| &message[..end])
+}
+
+/// A hex number of 1 to `max_digits` digits, as `%x` and `strtol(.., 16)` read a well-formed
+/// one (leading blanks allowed).
+pub(crate) fn hex_field(field: &[u8], max_digits: usize) -> Result<u64, OobError> {
     let digits = field.trim_ascii_start();
-    if digits.is_empty() || digits.len() > 8 {
+    if digits.is_empty() || digits.len() > max_digits {
         return Err(OobError::Malformed);
     }
-    digits.iter().try_fold(0u32, |value, &byte| {
-        Ok((value << 4) | u32::from(hex_digit(byte)?))
+    digits.iter().try_fold(0u64, |value, &byte| {
+        Ok((value << 4) | u64::from(hex_digit(byte)?))
     })
 }
 
+/// A hex number of 1 to 8 digits.
+fn hex_number(field: &[u8]) -> Result<u32, OobError> {
+    hex_field(field, 8).map(|value| value as u32)
+}
+
 /// Formats into a fixed buffer.
-struct Cursor<'a> {
+pub(crate) struct Cursor<'a> {
     buffer: &'a mut [u8],
     written: usize,
+}
+
+impl<'a> Cursor<'a> {
+    /// A cursor at the start of `buffer`.
+    pub(crate) fn new(buffer: &'a mut [u8]) -> Self {
+        Cursor { buffer, written: 0 }
+    }
 }
 
 impl Write for Cursor<'_> {
@@ -156,10 +177,7 @@ impl Destination {
     /// bits.
     pub fn to_message(&self) -> [u8; MESSAGE_LEN] {
         let mut message = [0u8; MESSAGE_LEN];
-        let mut cursor = Cursor {
-            buffer: &mut message[..MESSAGE_LEN - 1],
-            written: 0,
-        };
+        let mut cursor = Cursor::new(&mut message[..MESSAGE_LEN - 1]);
         // 4 + 1 + 6 + 1 + 6 + 1 digits and separators fit the 19 bytes before the GID.
         let _ = write!(
             cursor,
@@ -174,10 +192,7 @@ impl Destination {
 
     /// Reads a message (the text up to its first NUL, or all of it).
     pub fn from_message(message: &[u8]) -> Result<Self, OobError> {
-        let text = message
-            .iter()
-            .position(|&byte| byte == 0)
-            .map_or(message, |end| &message[..end]);
+        let text = c_text(message);
         let mut fields = text.splitn(4, |&byte| byte == b':');
         let mut next = || fields.next().ok_or(OobError::Malformed);
         let lid = hex_number(next()?)?;

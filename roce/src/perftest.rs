@@ -34,7 +34,7 @@
 
 use core::fmt::Write;
 
-use crate::oob::OobError;
+use crate::oob::{Cursor, OobError, c_text, hex_field};
 use crate::verbs::{Gid, Mtu};
 
 /// Bytes of the version message.
@@ -96,10 +96,7 @@ pub const fn closes(program: Program) -> bool {
 /// The version as `atof` reads it, in hundredths (`"6.06"` is 606, `"5.1"` is 510); `None` if
 /// it does not start with a number.
 pub fn version_hundredths(message: &[u8]) -> Option<u32> {
-    let text = message
-        .iter()
-        .position(|&byte| byte == 0)
-        .map_or(message, |end| &message[..end]);
+    let text = c_text(message);
     let text = text.trim_ascii_start();
     let integer_len = text.iter().take_while(|byte| byte.is_ascii_digit()).count();
     if integer_len == 0 || integer_len > 6 {
@@ -170,50 +167,12 @@ pub struct Keys {
     pub srqn: u32,
 }
 
-/// Formats into a fixed buffer.
-struct Cursor<'a> {
-    buffer: &'a mut [u8],
-    written: usize,
-}
-
-impl Write for Cursor<'_> {
-    fn write_str(&mut self, text: &str) -> core::fmt::Result {
-        let end = self.written + text.len();
-        self.buffer
-            .get_mut(self.written..end)
-            .ok_or(core::fmt::Error)?
-            .copy_from_slice(text.as_bytes());
-        self.written = end;
-        Ok(())
-    }
-}
-
-/// A hex field of 1 to `max_digits` digits, as `strtol(.., 16)` reads one that is well formed.
-fn hex_field(field: &[u8], max_digits: usize) -> Result<u64, OobError> {
-    let digits = field.trim_ascii_start();
-    if digits.is_empty() || digits.len() > max_digits {
-        return Err(OobError::Malformed);
-    }
-    digits.iter().try_fold(0u64, |value, &byte| {
-        let digit = match byte {
-            b'0'..=b'9' => byte - b'0',
-            b'a'..=b'f' => byte - b'a' + 10,
-            b'A'..=b'F' => byte - b'A' + 10,
-            _ => return Err(OobError::Malformed),
-        };
-        Ok((value << 4) | u64::from(digit))
-    })
-}
-
 impl Keys {
     /// The 108-byte message: `"%04x:%04x:%06x:%06x:%08x:%016llx:"`, the 16 GID bytes as
     /// `"%02x:"` each, `"%08x:"` and the NUL.
     pub fn to_message(&self) -> [u8; KEYS_LEN] {
         let mut message = [0u8; KEYS_LEN];
-        let mut cursor = Cursor {
-            buffer: &mut message[..KEYS_LEN - 1],
-            written: 0,
-        };
+        let mut cursor = Cursor::new(&mut message[..KEYS_LEN - 1]);
         // Every field is printed at its full width, so the text is exactly 107 characters.
         let _ = write!(
             cursor,
@@ -234,10 +193,7 @@ impl Keys {
 
     /// Reads a key message with a GID (the text up to its first NUL, or all of it).
     pub fn from_message(message: &[u8]) -> Result<Self, OobError> {
-        let text = message
-            .iter()
-            .position(|&byte| byte == 0)
-            .map_or(message, |end| &message[..end]);
+        let text = c_text(message);
         let mut fields = text.split(|&byte| byte == b':');
         let mut next =
             |max_digits| hex_field(fields.next().ok_or(OobError::Malformed)?, max_digits);

@@ -42,6 +42,16 @@ struct Expected {
     icrc: u32,
 }
 
+/// Two QPs with known regions and first PSNs.
+fn golden_setup() -> Setup {
+    Setup {
+        region_len: 64 * 1024,
+        region_addr: Some([REGION_A, REGION_B]),
+        sq_psn: [0x12_3456, 0x65_4321],
+        ..Setup::default()
+    }
+}
+
 fn message(length: usize, multiplier: usize, offset: usize) -> Vec<u8> {
     (0..length)
         .map(|index| (index * multiplier + offset) as u8)
@@ -50,12 +60,7 @@ fn message(length: usize, multiplier: usize, offset: usize) -> Vec<u8> {
 
 #[test]
 fn send_write_read_exchange() {
-    let setup = Setup {
-        region_len: 64 * 1024,
-        region_addr: Some([REGION_A, REGION_B]),
-        sq_psn: [0x12_3456, 0x65_4321],
-        ..Setup::default()
-    };
+    let setup = golden_setup();
     let (mut net, [a, b]) = connect(&setup, Faults::NONE, 1);
     net.record = Some(Vec::new());
     assert_eq!(a.qp.qp_num(), 0x11);
@@ -338,12 +343,7 @@ fn setup_psn(setup: &Setup) -> u32 {
 /// needs); a new packet with a wrong ICRC is dropped and counted, and changes nothing.
 #[test]
 fn duplicates_are_acknowledged_before_the_icrc_new_packets_are_not() {
-    let setup = Setup {
-        region_len: 64 * 1024,
-        region_addr: Some([REGION_A, REGION_B]),
-        sq_psn: [0x12_3456, 0x65_4321],
-        ..Setup::default()
-    };
+    let setup = golden_setup();
     let (mut net, [a, b]) = connect(&setup, Faults::NONE, 1);
     net.record = Some(Vec::new());
     for wr_id in 1..=2 {

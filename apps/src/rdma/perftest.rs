@@ -20,7 +20,7 @@ use roce::verbs::{Gid, WrOperation};
 
 use super::{
     Expect, Link, Os, Resources, Test, TestError, TestParams, TestReport, connect, depth,
-    percentile, post_send, read_or_atomic_lat, send_bw, write_bw,
+    latency_report, post_send, read_or_atomic_lat, send_bw, write_bw,
 };
 use crate::log;
 
@@ -220,14 +220,5 @@ fn write_lat<O: Os>(
             "rdma: write_lat: the server's WRITEs are not what perftest writes"
         );
     }
-    samples.sort_unstable();
-    Ok(TestReport {
-        messages: iters,
-        bytes: iters * u64::from(size),
-        elapsed_ns,
-        p50_ns: percentile(&samples, 0.5),
-        p99_ns: percentile(&samples, 0.99),
-        verified,
-        ..TestReport::default()
-    })
+    Ok(latency_report(iters, size, elapsed_ns, samples, verified))
 }
