@@ -10,10 +10,13 @@
 //! - [`vm`]: building a VM from a [`vm::VmConfig`] and running it under the supervisor;
 //! - [`devices`]: the device models (virtio-net over virtio-mmio) and network back-ends;
 //! - [`cluster`]: several VMs on the built-in switch;
-//! - [`ringbench`], [`exitbench`]: the in-VM benchmarks;
+//! - [`native`]: the guests' engines as host threads;
+//! - [`ringbench`], [`exitbench`], [`rdmabench`], [`netbench`], [`benchsuite`]: the
+//!   benchmarks;
 //! - [`images`]: finding and building the guest kernels.
 
 pub mod arch;
+pub mod benchsuite;
 pub mod cluster;
 pub mod devices;
 pub mod exitbench;
@@ -22,6 +25,7 @@ pub mod images;
 pub mod loader;
 pub mod memory;
 pub mod native;
+pub mod netbench;
 pub mod rdmabench;
 pub mod ringbench;
 pub mod serial;
