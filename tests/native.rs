@@ -154,3 +154,72 @@ fn every_rdma_test_runs_natively_over_a_lossy_switch() {
         assert_eq!(client.messages, u64::from(iters), "{test:?}");
     }
 }
+
+fn net_bench(
+    transport: apps::netbench::Transport,
+    size: u32,
+    count: u64,
+    path: &host_agent::netbench::NetPath,
+) -> host_agent::netbench::NetBenchReport {
+    let params = host_agent::netbench::NetBenchParams {
+        transport,
+        size,
+        count,
+        duration_ms: 0,
+        rtt_size: 64,
+        rtt_count: 50,
+    };
+    let (report, logs) = host_agent::netbench::run_native(&params, path, true).unwrap();
+    assert!(report.verified, "{report:?} {logs:?}");
+    assert_eq!(report.messages, count, "{report:?}");
+    assert!(
+        report.received > 0 && report.received <= count,
+        "{report:?}"
+    );
+    assert_eq!(report.lost, count - report.received);
+    assert_eq!(report.bytes, report.received * u64::from(size));
+    assert!(
+        report.seconds > 0.0 && report.gbit_per_sec > 0.0,
+        "{report:?}"
+    );
+    assert_eq!(report.round_trips, 50, "{report:?}");
+    assert!(
+        report.rtt_us_p50 > 0.0 && report.rtt_us_p50 <= report.rtt_us_p99,
+        "{report:?}"
+    );
+    report
+}
+
+#[test]
+fn net_bench_measures_udp_and_tcp_between_native_endpoints() {
+    use apps::netbench::Transport;
+    use host_agent::netbench::NetPath;
+    let udp = net_bench(Transport::Udp, 1024, 300, &NetPath::Switch);
+    assert_eq!(
+        (udp.mode, udp.path, udp.transport),
+        ("native", "switch", "udp")
+    );
+    let tcp = net_bench(Transport::Tcp, 4096, 100, &NetPath::Switch);
+    assert_eq!(tcp.received, 100, "TCP loses nothing: {tcp:?}");
+}
+
+#[test]
+fn net_bench_measures_against_the_host_over_a_tap() {
+    use apps::netbench::Transport;
+    use host_agent::netbench::{NetPath, TapPath};
+    if !duovm_tests::tap_available("net_bench_measures_against_the_host_over_a_tap") {
+        return;
+    }
+    // A subnet of this process's own, in the host's namespace (the agent is the host's end).
+    let subnet = (std::process::id() % 200) as u8 + 20;
+    let path = NetPath::Tap(TapPath {
+        name: format!("dnb{}", std::process::id() % 100_000),
+        host: Ipv4Addr::new(10, 79, subnet, 1),
+        guest: Ipv4Addr::new(10, 79, subnet, 2),
+        prefix_len: 24,
+    });
+    let udp = net_bench(Transport::Udp, 1472, 300, &path);
+    assert_eq!(udp.path, "tap");
+    let tcp = net_bench(Transport::Tcp, 65536, 20, &path);
+    assert_eq!(tcp.received, 20, "TCP loses nothing: {tcp:?}");
+}

@@ -267,3 +267,38 @@ fn a_guest_that_gives_the_nic_a_bad_queue_gets_needs_reset_and_the_agent_lives()
     assert_eq!(len, 60);
     assert_eq!(report.unhandled_accesses, 0);
 }
+
+#[test]
+fn net_bench_measures_udp_and_tcp_between_two_vms() {
+    use apps::netbench::Transport;
+    use host_agent::netbench::{NetBenchParams, NetPath, run_vms};
+    if !kvm_available("net_bench_measures_udp_and_tcp_between_two_vms") {
+        return;
+    }
+    let hello = workload(WorkloadKind::Hello, &[]);
+    for (transport, size, count) in [(Transport::Udp, 1472, 20), (Transport::Tcp, 8192, 4)] {
+        let params = NetBenchParams {
+            transport,
+            size,
+            count,
+            duration_ms: 0,
+            rtt_size: 64,
+            rtt_count: 5,
+        };
+        let (report, runs) = run_vms(
+            &config([hello, hello]),
+            &params,
+            &NetPath::Switch,
+            Duration::from_secs(240),
+        )
+        .unwrap();
+        assert!(report.verified, "{report:#?}\n{runs:#?}");
+        assert_eq!((report.mode, report.path), ("vm", "switch"));
+        assert_eq!(report.messages, count);
+        // Nothing competes for the emulated NICs: every datagram arrives.
+        assert_eq!(report.received, count, "{report:#?}");
+        assert_eq!(report.bytes, count * u64::from(size));
+        assert_eq!(report.round_trips, 5);
+        assert!(report.gbit_per_sec > 0.0 && report.rtt_us_p50 > 0.0);
+    }
+}

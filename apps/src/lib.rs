@@ -10,6 +10,7 @@
 extern crate alloc;
 
 pub mod net;
+pub mod netbench;
 pub mod rdma;
 
 use alloc::vec::Vec;
@@ -22,7 +23,8 @@ pub trait Os {
     /// Monotonic nanoseconds.
     fn now_ns(&mut self) -> u64;
     /// Wakes OS B if the client has something for it, then sleeps until OS B signals or
-    /// `deadline_ns` passes (whichever is first; spurious early returns are fine).
+    /// `deadline_ns` passes (whichever is first; spurious early returns are fine). With a
+    /// deadline that has passed (0, say) it only wakes OS B.
     fn wait(&mut self, client: &mut NetClient, deadline_ns: u64);
     /// Writes one log line.
     fn log(&mut self, line: core::fmt::Arguments<'_>);
@@ -36,6 +38,15 @@ pub trait Os {
 #[macro_export]
 macro_rules! log {
     ($os:expr, $($arg:tt)*) => { $crate::Os::log($os, format_args!($($arg)*)) };
+}
+
+/// The value at `fraction` (0 to 1) of `sorted` (0 if empty).
+pub(crate) fn percentile(sorted: &[u64], fraction: f64) -> u64 {
+    if sorted.is_empty() {
+        return 0;
+    }
+    let index = ((sorted.len() - 1) as f64 * fraction) as usize;
+    sorted[index.min(sorted.len() - 1)]
 }
 
 /// How an application ended.

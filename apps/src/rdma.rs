@@ -25,7 +25,7 @@ use roce::verbs::{
     WorkCompletion, WrOperation,
 };
 
-use crate::{NetClient, Os, log};
+use crate::{NetClient, Os, log, percentile};
 
 mod perftest;
 
@@ -493,14 +493,6 @@ fn post_send(
         &SendWr::new(wr_id, operation, &sge).signaled(),
     )?;
     Ok(())
-}
-
-fn percentile(sorted: &[u64], fraction: f64) -> u64 {
-    if sorted.is_empty() {
-        return 0;
-    }
-    let index = ((sorted.len() - 1) as f64 * fraction) as usize;
-    sorted[index.min(sorted.len() - 1)]
 }
 
 /// The report of a latency test: `iters` messages of `size` bytes, the latency percentiles

@@ -8,6 +8,7 @@
 #![no_main]
 
 mod net;
+mod netbench;
 mod rdma;
 mod workloads;
 

@@ -33,6 +33,9 @@ impl Os for GuestOs {
         if client.take_signal() {
             self.peer.signal();
         }
+        if deadline_ns <= guest_rt::time::now_ns() {
+            return;
+        }
         let token = Peer::ipis_received();
         if client.endpoint_mut().rx.prepare_to_sleep() {
             let now = guest_rt::time::now_ns();

@@ -56,6 +56,12 @@ pub fn run(platform: &Platform) -> ! {
             });
             finish(&peer, status)
         }
+        Some(WorkloadKind::NetBench) => {
+            let status = crate::net::run(platform, &peer, |os, client| {
+                crate::netbench::run(workload.args, &peer, os, client)
+            });
+            finish(&peer, status)
+        }
         Some(WorkloadKind::TouchPeerSegment) => touch_peer_segment(),
         Some(WorkloadKind::TripleFault) => guest_rt::cpu::triple_fault(),
         Some(WorkloadKind::Spin) => spin(),

@@ -12,10 +12,13 @@
 //! - [`cluster`]: several VMs on the built-in switch;
 //! - [`endpoint`]: one RDMA endpoint (VM or native) on a network the caller gives, against any
 //!   peer (duovm, `ibv_rc_pingpong`, perftest);
-//! - [`ringbench`], [`exitbench`]: the in-VM benchmarks;
+//! - [`native`]: the guests' engines as host threads;
+//! - [`ringbench`], [`exitbench`], [`rdmabench`], [`netbench`], [`benchsuite`]: the
+//!   benchmarks;
 //! - [`images`]: finding and building the guest kernels.
 
 pub mod arch;
+pub mod benchsuite;
 pub mod cluster;
 pub mod devices;
 pub mod endpoint;
@@ -25,6 +28,7 @@ pub mod images;
 pub mod loader;
 pub mod memory;
 pub mod native;
+pub mod netbench;
 pub mod rdmabench;
 pub mod ringbench;
 pub mod serial;

@@ -1,18 +1,22 @@
 //! `host-agent`: the duovm VMM's command line.
 
+use std::net::Ipv4Addr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
+use apps::netbench::Transport;
 use apps::rdma::{Handshake, Test, TestParams};
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use host_agent::benchsuite::{self, SuiteMode, SuiteParams, SuiteReport};
 use host_agent::cluster::{Member, run_group};
 use host_agent::devices::net_backend::NetBackend;
 use host_agent::devices::pcap::{Captured, PcapWriter};
 use host_agent::devices::switch::{Switch, SwitchConfig};
 use host_agent::devices::tap::Tap;
 use host_agent::endpoint::{self, EndpointReport, Figures, Identity};
+use host_agent::netbench::{self, NetBenchParams, NetBenchReport, NetPath, TapPath};
 use host_agent::rdmabench::{self, RdmaBenchParams, RdmaBenchReport};
 use host_agent::ringbench::{self, RingBenchParams, RingBenchReport};
 use host_agent::vm::{RunReport, Vm, VmConfig};
@@ -57,6 +61,40 @@ enum Command {
     /// JSON keys: test, mode, size, iters, mtu, loss, messages, bytes, seconds, gbit_per_sec,
     /// messages_per_sec, lat_p50_us, lat_p99_us, retransmissions, verified.
     RdmaBench(RdmaBenchArgs),
+    /// Measure UDP or TCP goodput and small-message round trips through OS B's network service.
+    ///
+    /// The client first sends COUNT messages of SIZE bytes (fewer if --seconds comes first) as
+    /// fast as its OS B takes them, then makes RTT_COUNT round trips of RTT_SIZE bytes, one at
+    /// a time. The server checks every message (number, pattern, no duplicates) and reports
+    /// what it received. Goodput is the bytes it got intact, for UDP over the time from the
+    /// first datagram's arrival to the last's (UDP has no flow control: what the path could
+    /// not carry is lost, and counted), for TCP over the time from the client's first byte to
+    /// the server's summary of the checked stream. On the built-in switch, endpoint 1 (10.77.10.1) serves and
+    /// endpoint 2 (10.77.10.2) measures; with --tap, the endpoint measures against the host,
+    /// which the agent serves itself on the TAP's host address. Without --native each endpoint
+    /// is a VM; with --native the same engines run as host threads.
+    /// JSON keys: mode (vm, native), path (switch, tap), transport (udp, tcp), size (goodput
+    /// message bytes; UDP: the datagram's payload), messages (sent), received (intact),
+    /// lost, bytes, seconds, gbit_per_sec, packets_per_sec (UDP: datagrams received per second;
+    /// TCP: goodput in full-sized 1460-byte segments per second), rtt_size, round_trips,
+    /// rtt_us_p50, rtt_us_p99, verified.
+    NetBench(NetBenchArgs),
+    /// Run net-bench and rdma-bench side by side, and compare RDMA with the raw path.
+    ///
+    /// Each round runs, between two endpoints on the built-in switch: UDP goodput with
+    /// 1024-byte datagrams (one RoCE packet's payload at MTU 1024) and 64-byte round trips, UDP
+    /// goodput with 1472-byte datagrams, TCP goodput with 64 KiB writes and 64-byte round
+    /// trips, RDMA write_bw (64 KiB messages, MTU 1024) and write_lat (64 bytes). Rounds repeat
+    /// (--runs); each figure is the median over them. The comparison puts RDMA WRITE goodput
+    /// against UDP's with 1024-byte datagrams, and RDMA's round trip (twice write_lat, which
+    /// reports half a round trip as perftest does) against UDP's.
+    /// JSON keys: mode, runs, udp, udp_largest, tcp (net-bench reports), write_bw, write_lat
+    /// (rdma-bench reports), each as {median, gbit_per_sec_runs, latency_us_p50_runs};
+    /// comparison {udp_size, rdma_mtu, rdma_size, udp_gbit_per_sec, rdma_write_gbit_per_sec,
+    /// goodput_ratio, goodput_goal, goodput_goal_met, udp_largest_gbit_per_sec, rtt_size,
+    /// udp_rtt_us_p50, rdma_write_lat_us_p50, rdma_rtt_us_p50, latency_ratio, latency_goal,
+    /// latency_goal_met}; verified.
+    BenchSuite(BenchSuiteArgs),
     /// Run one RDMA endpoint against a peer on a real network (a TAP device).
     ///
     /// The peer may be another duovm endpoint, rdma-core's ibv_rc_pingpong (--test rc-pingpong;
@@ -192,6 +230,81 @@ struct RdmaBenchArgs {
     /// Capture the client VM's NIC to this pcap file (tshark decodes it as RoCE).
     #[arg(long, value_name = "FILE")]
     pcap: Option<PathBuf>,
+    #[command(flatten)]
+    vm: VmArgs,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum TransportArg {
+    /// UDP datagrams.
+    Udp,
+    /// One TCP connection.
+    Tcp,
+}
+
+#[derive(Debug, Args)]
+struct NetBenchArgs {
+    /// The transport.
+    #[arg(long, value_enum, default_value = "udp")]
+    transport: TransportArg,
+    /// Goodput message size in bytes: UDP datagram payload (16 to 1472; default 1472, the
+    /// largest on a 1500-byte link) or TCP write (16 to 1048576; default 65536).
+    #[arg(long)]
+    size: Option<u32>,
+    /// Goodput messages (0: no goodput measurement) [default: native UDP 100000, native TCP
+    /// 2000, VM UDP 200, VM TCP 4; with --seconds, 100 million].
+    #[arg(long)]
+    count: Option<u64>,
+    /// Stop sending goodput messages after this many seconds.
+    #[arg(long)]
+    seconds: Option<f64>,
+    /// Round-trip message size in bytes (16 to the transport's largest).
+    #[arg(long, default_value_t = 64)]
+    rtt_size: u32,
+    /// Round trips (0: none) [default: native 2000, VM 20].
+    #[arg(long)]
+    rtt_count: Option<u64>,
+    /// Run the engines as host threads instead of in VMs.
+    #[arg(long)]
+    native: bool,
+    /// Measure against the host over this TAP interface instead of between two endpoints on
+    /// the built-in switch. The agent creates it if missing, gives it --host-address and
+    /// brings it up (this needs CAP_NET_ADMIN), and serves the benchmark on that address.
+    #[arg(long, value_name = "NAME")]
+    tap: Option<String>,
+    /// The host's address on the TAP (prefix length 24).
+    #[arg(long, default_value = "10.77.1.1")]
+    host_address: Ipv4Addr,
+    /// The endpoint's address on the TAP (prefix length 24).
+    #[arg(long, default_value = "10.77.1.2")]
+    guest_address: Ipv4Addr,
+    #[command(flatten)]
+    vm: VmArgs,
+}
+
+#[derive(Debug, Args)]
+struct BenchSuiteArgs {
+    /// Run the engines as host threads instead of in VMs.
+    #[arg(long)]
+    native: bool,
+    /// Rounds [default: native 3, VM 1].
+    #[arg(long)]
+    runs: Option<u32>,
+    /// UDP datagrams per goodput measurement [default: native 100000, VM 200].
+    #[arg(long)]
+    udp_count: Option<u64>,
+    /// TCP writes of 64 KiB per goodput measurement [default: native 2000, VM 4].
+    #[arg(long)]
+    tcp_count: Option<u64>,
+    /// Round trips per UDP and TCP measurement [default: native 2000, VM 20].
+    #[arg(long)]
+    rtt_count: Option<u64>,
+    /// RDMA WRITEs of 64 KiB [default: native 2000, VM 4].
+    #[arg(long)]
+    rdma_iters: Option<u32>,
+    /// write_lat round trips [default: native 2000, VM 20].
+    #[arg(long)]
+    lat_iters: Option<u32>,
     #[command(flatten)]
     vm: VmArgs,
 }
@@ -537,6 +650,216 @@ fn rdma_bench(args: &RdmaBenchArgs) -> Result<bool> {
     Ok(report.verified)
 }
 
+fn print_net_report(report: &NetBenchReport) {
+    println!(
+        "net: {} over the {} ({}): {} of {} messages of {} B received ({} lost), {}",
+        report.transport,
+        report.path,
+        report.mode,
+        report.received,
+        report.messages,
+        report.size,
+        report.lost,
+        if report.verified {
+            "every message verified"
+        } else {
+            "NOT verified"
+        }
+    );
+    println!(
+        "net: goodput {:.3} Gbit/s, {:.0} packets/s over {:.3} s; {} round trips of {} B: p50 {:.1} us, p99 {:.1} us",
+        report.gbit_per_sec,
+        report.packets_per_sec,
+        report.seconds,
+        report.round_trips,
+        report.rtt_size,
+        report.rtt_us_p50,
+        report.rtt_us_p99
+    );
+}
+
+fn net_bench(args: &NetBenchArgs) -> Result<bool> {
+    let transport = match args.transport {
+        TransportArg::Udp => Transport::Udp,
+        TransportArg::Tcp => Transport::Tcp,
+    };
+    let size = args.size.unwrap_or(match transport {
+        Transport::Udp => apps::netbench::MAX_UDP_SIZE as u32,
+        Transport::Tcp => 65536,
+    });
+    let sizes = 16..=transport.max_size() as u32;
+    if !sizes.contains(&size) || !sizes.contains(&args.rtt_size) {
+        anyhow::bail!(
+            "--size and --rtt-size must be 16 to {} for {}",
+            transport.max_size(),
+            transport.name()
+        );
+    }
+    let duration_ms = match args.seconds {
+        Some(seconds) if seconds > 0.0 && seconds < 1e6 => (seconds * 1000.0).ceil() as u32,
+        Some(_) => anyhow::bail!("--seconds must be positive (and under a million)"),
+        None => 0,
+    };
+    let count = args
+        .count
+        .unwrap_or(match (duration_ms, args.native, transport) {
+            (1.., _, _) => 100_000_000,
+            (0, true, Transport::Udp) => 100_000,
+            (0, true, Transport::Tcp) => 2000,
+            (0, false, Transport::Udp) => 200,
+            (0, false, Transport::Tcp) => 4,
+        });
+    let rtt_count = args
+        .rtt_count
+        .unwrap_or(if args.native { 2000 } else { 20 });
+    if count == 0 && rtt_count == 0 {
+        anyhow::bail!("nothing to measure: --count and --rtt-count are both 0");
+    }
+    let params = NetBenchParams {
+        transport,
+        size,
+        count,
+        duration_ms,
+        rtt_size: args.rtt_size,
+        rtt_count,
+    };
+    let path = match &args.tap {
+        Some(name) => NetPath::Tap(TapPath {
+            name: name.clone(),
+            host: args.host_address,
+            guest: args.guest_address,
+            prefix_len: 24,
+        }),
+        None => NetPath::Switch,
+    };
+    let report = if args.native {
+        let echo = !args.vm.quiet && !args.vm.json;
+        let (report, logs) = netbench::run_native(&params, &path, echo)?;
+        if !report.verified && !args.vm.json && !echo {
+            for (index, lines) in logs.iter().enumerate() {
+                let skip = lines.len().saturating_sub(8);
+                for line in &lines[skip..] {
+                    println!("  [n{}] {line}", index + 1);
+                }
+            }
+        }
+        report
+    } else {
+        let images = args.vm.images()?;
+        let config = args.vm.config(images, [Workload::default(); 2])?;
+        let (report, runs) = netbench::run_vms(&config, &params, &path, args.vm.timeout())?;
+        if !report.verified && !args.vm.json {
+            print_failure_logs(&runs);
+        }
+        report
+    };
+    if args.vm.json {
+        println!("{}", serde_json::to_string(&report)?);
+    } else {
+        print_net_report(&report);
+    }
+    Ok(report.verified)
+}
+
+fn print_suite_report(report: &SuiteReport) {
+    let comparison = &report.comparison;
+    println!(
+        "suite ({}, median of {} rounds): UDP {} B {:.3} Gbit/s, UDP {} B {:.3} Gbit/s, TCP {:.3} Gbit/s",
+        report.mode,
+        report.runs,
+        report.udp.median.size,
+        report.udp.median.gbit_per_sec,
+        report.udp_largest.median.size,
+        report.udp_largest.median.gbit_per_sec,
+        report.tcp.median.gbit_per_sec
+    );
+    println!(
+        "suite: round trips of {} B: UDP p50 {:.1} us, TCP p50 {:.1} us, RDMA WRITE p50 {:.1} us (write_lat {:.1} us)",
+        comparison.rtt_size,
+        comparison.udp_rtt_us_p50,
+        report.tcp.median.rtt_us_p50,
+        comparison.rdma_rtt_us_p50,
+        comparison.rdma_write_lat_us_p50
+    );
+    println!(
+        "suite: RDMA WRITE {} B at MTU {}: {:.3} Gbit/s = {:.2} x UDP with {} B datagrams (goal >= {}: {})",
+        comparison.rdma_size,
+        comparison.rdma_mtu,
+        comparison.rdma_write_gbit_per_sec,
+        comparison.goodput_ratio,
+        comparison.udp_size,
+        comparison.goodput_goal,
+        if comparison.goodput_goal_met {
+            "met"
+        } else {
+            "NOT met"
+        }
+    );
+    println!(
+        "suite: RDMA round trip = {:.2} x UDP's (goal <= {}: {}); {}",
+        comparison.latency_ratio,
+        comparison.latency_goal,
+        if comparison.latency_goal_met {
+            "met"
+        } else {
+            "NOT met"
+        },
+        if report.verified {
+            "every measurement verified"
+        } else {
+            "NOT verified"
+        }
+    );
+}
+
+fn bench_suite(args: &BenchSuiteArgs) -> Result<bool> {
+    let defaults = if args.native {
+        SuiteParams::NATIVE
+    } else {
+        SuiteParams::VM
+    };
+    let params = SuiteParams {
+        runs: args.runs.unwrap_or(defaults.runs),
+        udp_count: args.udp_count.unwrap_or(defaults.udp_count),
+        tcp_count: args.tcp_count.unwrap_or(defaults.tcp_count),
+        rtt_count: args.rtt_count.unwrap_or(defaults.rtt_count),
+        rdma_iters: args.rdma_iters.unwrap_or(defaults.rdma_iters),
+        lat_iters: args.lat_iters.unwrap_or(defaults.lat_iters),
+    };
+    if params.runs == 0
+        || params.udp_count == 0
+        || params.tcp_count == 0
+        || params.rtt_count == 0
+        || params.rdma_iters == 0
+        || params.lat_iters == 0
+    {
+        anyhow::bail!("--runs and every count must be at least 1");
+    }
+    let json = args.vm.json;
+    let progress = |line: &str| {
+        if !json {
+            println!("{line}");
+        }
+    };
+    let report = if args.native {
+        benchsuite::run(&SuiteMode::Native, &params, progress)?
+    } else {
+        let images = args.vm.images()?;
+        let config = args.vm.config(images, [Workload::default(); 2])?;
+        let mode = SuiteMode::Vm {
+            base: &config,
+            timeout: args.vm.timeout(),
+        };
+        benchsuite::run(&mode, &params, progress)?
+    };
+    if json {
+        println!("{}", serde_json::to_string(&report)?);
+    } else {
+        print_suite_report(&report);
+    }
+    Ok(report.verified)
+}
+
 fn rdma(args: &RdmaArgs) -> Result<bool> {
     let mtu = Mtu::from_bytes(args.mtu)
         .ok_or_else(|| anyhow::anyhow!("--mtu must be 256, 512, 1024, 2048 or 4096"))?;
@@ -831,6 +1154,8 @@ fn main() -> ExitCode {
         Command::RingBench(args) => ring_bench(args),
         Command::ExitBench(args) => exit_bench(args),
         Command::RdmaBench(args) => rdma_bench(args),
+        Command::NetBench(args) => net_bench(args),
+        Command::BenchSuite(args) => bench_suite(args),
         Command::Rdma(args) => rdma(args),
         Command::Run(args) => run_workload(args).map(|report| {
             if args.vm.json {

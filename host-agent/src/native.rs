@@ -101,6 +101,9 @@ impl Os for NativeOs {
         if client.take_signal() {
             let _ = self.wake_b.write(1);
         }
+        if deadline_ns <= self.now_ns() {
+            return;
+        }
         if client.endpoint_mut().rx.prepare_to_sleep() {
             let deadline = self.started + Duration::from_nanos(deadline_ns);
             sleep_on(&[borrow(&self.wake_a)], deadline);

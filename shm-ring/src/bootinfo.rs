@@ -122,6 +122,13 @@ pub enum WorkloadKind {
     /// table lies outside guest memory and checks that the device refuses it ("needs reset")
     /// and comes back after a reset.
     NicHostile = 13,
+    /// OS A: a network benchmark of `duovm-apps` (`netbench`): `args[0]` the transport
+    /// (1 UDP, 2 TCP); `args[1]` the goodput message size (low 32 bits) and the round-trip
+    /// message size (high 32 bits); `args[2]` the goodput messages (0: none); `args[3]` the
+    /// round trips (0: none); `args[4]` the server's IPv4 address as a big-endian `u32` (low 32
+    /// bits; 0: be the server, for as many sessions as the client runs) and the port (bits 32
+    /// to 47; 0: the default); `args[5]` the goodput time limit in milliseconds (0: none).
+    NetBench = 14,
 }
 
 impl WorkloadKind {
@@ -142,6 +149,7 @@ impl WorkloadKind {
             11 => WorkloadKind::TcpClient,
             12 => WorkloadKind::RdmaTest,
             13 => WorkloadKind::NicHostile,
+            14 => WorkloadKind::NetBench,
             _ => return None,
         })
     }

@@ -81,6 +81,22 @@ pub mod report {
     pub const RDMA_RETRANSMISSIONS: usize = 15;
     /// RDMA test: 1 if every byte and completion checked out.
     pub const RDMA_VERIFIED: usize = 16;
+    /// Network benchmark: goodput messages sent.
+    pub const NET_SENT: usize = 17;
+    /// Network benchmark: goodput messages the receiver got intact.
+    pub const NET_RECEIVED: usize = 18;
+    /// Network benchmark: their bytes.
+    pub const NET_BYTES: usize = 19;
+    /// Network benchmark: nanoseconds from the first message's arrival to the last's.
+    pub const NET_ELAPSED_NS: usize = 20;
+    /// Network benchmark: round trips that came back intact.
+    pub const NET_ROUND_TRIPS: usize = 21;
+    /// Network benchmark: median round trip, nanoseconds.
+    pub const NET_RTT_P50_NS: usize = 22;
+    /// Network benchmark: 99th percentile round trip, nanoseconds.
+    pub const NET_RTT_P99_NS: usize = 23;
+    /// Network benchmark: 1 if every measurement checked out.
+    pub const NET_VERIFIED: usize = 24;
 }
 
 /// The block as laid out in memory.

@@ -4,13 +4,15 @@
 //! `IFF_TAP | IFF_NO_PI`: every `read` returns one Ethernet frame and every `write` sends one,
 //! with no packet-information prefix and no virtio header. The descriptor is non-blocking.
 //!
-//! The agent does not configure the interface: bringing the link up and giving it addresses is
-//! the user's job (or a test's), for example
+//! Bringing the link up and giving it addresses is the user's job (or a test's), for example
 //!
 //! ```text
 //! ip link set dev NAME up
 //! ip addr add 10.0.0.1/24 dev NAME
 //! ```
+//!
+//! except where the agent itself is the host's end of the link (`net-bench --tap`), which
+//! uses [`Tap::set_ipv4`].
 //!
 //! Opening needs `CAP_NET_ADMIN` unless the interface was made persistent for this user
 //! (`ip tuntap add dev NAME mode tap user USER`). A non-persistent interface disappears when the
@@ -18,8 +20,11 @@
 
 use std::fs::{File, OpenOptions};
 use std::io::{ErrorKind, Read, Write};
+use std::net::Ipv4Addr;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
 use std::os::unix::fs::OpenOptionsExt;
+
+use nix::sys::socket::{AddressFamily, SockFlag, SockType, socket};
 
 use crate::devices::net_backend::{BackendError, NetBackend};
 
@@ -44,6 +49,40 @@ pub enum TapError {
         #[source]
         source: std::io::Error,
     },
+    /// The interface could not be given an address or brought up.
+    #[error("TAP interface {name}: cannot {what}")]
+    Configure {
+        /// The interface.
+        name: String,
+        /// What failed.
+        what: &'static str,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// An `ifreq` naming interface `name` (which [`Tap::open`] checked), everything else zero.
+fn interface_request(name: &str) -> libc::ifreq {
+    // SAFETY: `ifreq` is plain old data (arrays, integers, a union of those and pointers);
+    // all zeroes is a valid value of it.
+    let mut request: libc::ifreq = unsafe { std::mem::zeroed() };
+    for (slot, byte) in request.ifr_name.iter_mut().zip(name.as_bytes()) {
+        *slot = *byte as libc::c_char;
+    }
+    request
+}
+
+/// An IPv4 `sockaddr` (the layout of `sockaddr_in`: family, port 0, address, zeroes).
+fn ipv4_sockaddr(address: Ipv4Addr) -> libc::sockaddr {
+    let mut data = [0 as libc::c_char; 14];
+    for (slot, octet) in data[2..6].iter_mut().zip(address.octets()) {
+        *slot = octet as libc::c_char;
+    }
+    libc::sockaddr {
+        sa_family: libc::AF_INET as libc::sa_family_t,
+        sa_data: data,
+    }
 }
 
 /// An open TAP interface.
@@ -67,12 +106,7 @@ impl Tap {
             .open(TUN_DEVICE)
             .map_err(TapError::Open)?;
 
-        // SAFETY: `ifreq` is plain old data (arrays, integers, a union of those and pointers);
-        // all zeroes is a valid value of it.
-        let mut request: libc::ifreq = unsafe { std::mem::zeroed() };
-        for (slot, byte) in request.ifr_name.iter_mut().zip(bytes) {
-            *slot = *byte as libc::c_char;
-        }
+        let mut request = interface_request(name);
         request.ifr_ifru.ifru_flags = (libc::IFF_TAP | libc::IFF_NO_PI) as libc::c_short;
         // SAFETY: TUNSETIFF reads and writes one `ifreq`, which `request` is, and keeps no
         // pointer to it after returning; the descriptor is the open clone device.
@@ -92,6 +126,62 @@ impl Tap {
     /// The interface's name.
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// Gives the interface the IPv4 address `address/prefix_len` (replacing its primary
+    /// address) and brings it up: the host's end of the link. Needs `CAP_NET_ADMIN`.
+    pub fn set_ipv4(&self, address: Ipv4Addr, prefix_len: u8) -> Result<(), TapError> {
+        let failed = |what: &'static str| {
+            let source = std::io::Error::last_os_error();
+            TapError::Configure {
+                name: self.name.clone(),
+                what,
+                source,
+            }
+        };
+        let socket = socket(
+            AddressFamily::Inet,
+            SockType::Datagram,
+            SockFlag::SOCK_CLOEXEC,
+            None,
+        )
+        .map_err(|errno| TapError::Configure {
+            name: self.name.clone(),
+            what: "open a socket to configure it",
+            source: errno.into(),
+        })?;
+        let fd = socket.as_raw_fd();
+        let mask = u32::MAX
+            .checked_shl(32 - u32::from(prefix_len.min(32)))
+            .unwrap_or(0);
+
+        let mut request = interface_request(&self.name);
+        request.ifr_ifru.ifru_addr = ipv4_sockaddr(address);
+        // SAFETY: SIOCSIFADDR reads one `ifreq`, which `request` is, and keeps no pointer to
+        // it; `fd` is an open AF_INET socket.
+        if unsafe { libc::ioctl(fd, libc::SIOCSIFADDR, &mut request) } < 0 {
+            return Err(failed("set the address"));
+        }
+        let mut request = interface_request(&self.name);
+        request.ifr_ifru.ifru_netmask = ipv4_sockaddr(Ipv4Addr::from(mask));
+        // SAFETY: as above, for SIOCSIFNETMASK.
+        if unsafe { libc::ioctl(fd, libc::SIOCSIFNETMASK, &mut request) } < 0 {
+            return Err(failed("set the netmask"));
+        }
+        let mut request = interface_request(&self.name);
+        // SAFETY: SIOCGIFFLAGS reads and writes one `ifreq`, which `request` is, and keeps no
+        // pointer to it.
+        if unsafe { libc::ioctl(fd, libc::SIOCGIFFLAGS, &mut request) } < 0 {
+            return Err(failed("read the flags"));
+        }
+        // SAFETY: SIOCGIFFLAGS succeeded, so the kernel wrote `ifru_flags`.
+        let flags = unsafe { request.ifr_ifru.ifru_flags };
+        request.ifr_ifru.ifru_flags = flags | libc::IFF_UP as libc::c_short;
+        // SAFETY: as above, for SIOCSIFFLAGS.
+        if unsafe { libc::ioctl(fd, libc::SIOCSIFFLAGS, &mut request) } < 0 {
+            return Err(failed("bring up"));
+        }
+        Ok(())
     }
 }
 

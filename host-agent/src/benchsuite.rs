@@ -1,0 +1,412 @@
+//! `bench-suite`: RDMA beside the raw path it runs on, measured in one run.
+//!
+//! Every round runs, between two endpoints on the built-in switch (two VMs, or natively):
+//! `net-bench` UDP with 1024-byte datagrams (the payload of one RoCE packet at MTU 1024, so
+//! both move the same number of packets for the same bytes) and 64-byte round trips, UDP with
+//! the largest datagram of the 1500-byte link (1472 bytes), TCP with 64 KiB writes and 64-byte
+//! round trips, then `rdma-bench` `write_bw` with 64 KiB messages at MTU 1024 and `write_lat`
+//! with 64-byte messages. Rounds repeat, so that every measurement sees the same mix of machine
+//! conditions; each figure is the median over the rounds.
+//!
+//! The comparison puts RDMA WRITE goodput against UDP goodput with the same packet payload, and
+//! RDMA's round trip against UDP's. `write_lat` reports half a round trip, as perftest does;
+//! the comparison doubles it, so both sides of the latency ratio are round trips.
+
+use std::time::Duration;
+
+use apps::netbench::Transport;
+use apps::rdma::Test;
+use roce::verbs::Mtu;
+use serde::Serialize;
+
+use crate::native::NativeError;
+use crate::netbench::{self, NetBenchError, NetBenchParams, NetBenchReport, NetPath};
+use crate::rdmabench::{self, RdmaBenchParams, RdmaBenchReport};
+use crate::vm::{VmConfig, VmError};
+
+/// UDP payload compared with RDMA WRITE: one RoCE packet's payload at [`RDMA_MTU`].
+pub const UDP_COMPARED_SIZE: u32 = 1024;
+/// The largest UDP payload on the 1500-byte link.
+pub const UDP_LARGEST_SIZE: u32 = 1472;
+/// TCP write size.
+pub const TCP_SIZE: u32 = 65536;
+/// RDMA WRITE message size of the goodput comparison.
+pub const RDMA_SIZE: u32 = 65536;
+/// Path MTU of the RDMA measurements.
+pub const RDMA_MTU: Mtu = Mtu::Mtu1024;
+/// Message size of every round-trip measurement.
+pub const SMALL_SIZE: u32 = 64;
+/// RDMA WRITE goodput should be at least this fraction of UDP's.
+pub const GOODPUT_GOAL: f64 = 0.9;
+/// RDMA's round trip should be at most this multiple of UDP's.
+pub const LATENCY_GOAL: f64 = 1.2;
+
+/// How much to run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SuiteParams {
+    /// Rounds.
+    pub runs: u32,
+    /// UDP datagrams per goodput measurement.
+    pub udp_count: u64,
+    /// TCP writes per goodput measurement.
+    pub tcp_count: u64,
+    /// Round trips per UDP and TCP measurement.
+    pub rtt_count: u64,
+    /// RDMA WRITEs of `write_bw`.
+    pub rdma_iters: u32,
+    /// Round trips of `write_lat`.
+    pub lat_iters: u32,
+}
+
+impl SuiteParams {
+    /// Defaults for native endpoints: each measurement moves about 100 MiB or makes 2000 round
+    /// trips.
+    pub const NATIVE: SuiteParams = SuiteParams {
+        runs: 3,
+        udp_count: 100_000,
+        tcp_count: 2000,
+        rtt_count: 2000,
+        rdma_iters: 2000,
+        lat_iters: 2000,
+    };
+    /// Defaults for VMs, whose guests may be emulated: a few seconds each.
+    pub const VM: SuiteParams = SuiteParams {
+        runs: 1,
+        udp_count: 200,
+        tcp_count: 4,
+        rtt_count: 20,
+        rdma_iters: 4,
+        lat_iters: 20,
+    };
+}
+
+/// Where the endpoints run.
+#[derive(Debug)]
+pub enum SuiteMode<'a> {
+    /// Host threads.
+    Native,
+    /// VMs built from `base`, each run given up after `timeout`.
+    Vm {
+        /// The VM configuration (workloads and network are set per measurement).
+        base: &'a VmConfig,
+        /// The timeout of each run.
+        timeout: Duration,
+    },
+}
+
+/// Errors running the suite.
+#[derive(Debug, thiserror::Error)]
+pub enum SuiteError {
+    /// A network benchmark failed to run.
+    #[error(transparent)]
+    Net(#[from] NetBenchError),
+    /// A native RDMA endpoint failed to start.
+    #[error(transparent)]
+    Native(#[from] NativeError),
+    /// An RDMA VM failed.
+    #[error(transparent)]
+    Vm(#[from] VmError),
+    /// A measurement has no round (cannot happen: at least one round runs).
+    #[error("a measurement has no round")]
+    NoRounds,
+}
+
+/// One measurement over the rounds.
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct Entry<R> {
+    /// The round with the median of the measurement's main figure (goodput, or for latency
+    /// tests the median latency); `verified` only if every round verified; for net-bench, the
+    /// round-trip figures are the medians over the rounds.
+    pub median: R,
+    /// Goodput of each round, Gbit/s.
+    pub gbit_per_sec_runs: Vec<f64>,
+    /// Median latency of each round, microseconds (round trips for net-bench, `write_lat`'s
+    /// half round trip for RDMA).
+    pub latency_us_p50_runs: Vec<f64>,
+}
+
+/// RDMA against UDP on the same path.
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct Comparison {
+    /// UDP payload per datagram of the goodput comparison, bytes.
+    pub udp_size: u32,
+    /// RDMA path MTU: payload per RoCE packet, bytes.
+    pub rdma_mtu: u32,
+    /// RDMA WRITE message size, bytes.
+    pub rdma_size: u32,
+    /// UDP goodput with `udp_size` datagrams, Gbit/s.
+    pub udp_gbit_per_sec: f64,
+    /// RDMA WRITE goodput, Gbit/s.
+    pub rdma_write_gbit_per_sec: f64,
+    /// RDMA WRITE goodput / UDP goodput.
+    pub goodput_ratio: f64,
+    /// The least `goodput_ratio` wanted.
+    pub goodput_goal: f64,
+    /// `goodput_ratio` >= `goodput_goal`.
+    pub goodput_goal_met: bool,
+    /// UDP goodput with the largest datagrams, Gbit/s (for reference).
+    pub udp_largest_gbit_per_sec: f64,
+    /// Message size of the round trips, bytes.
+    pub rtt_size: u32,
+    /// UDP round trip, median, microseconds.
+    pub udp_rtt_us_p50: f64,
+    /// `write_lat` as it reports it (half a round trip), median, microseconds.
+    pub rdma_write_lat_us_p50: f64,
+    /// RDMA WRITE round trip (twice `rdma_write_lat_us_p50`), microseconds.
+    pub rdma_rtt_us_p50: f64,
+    /// RDMA round trip / UDP round trip.
+    pub latency_ratio: f64,
+    /// The largest `latency_ratio` wanted.
+    pub latency_goal: f64,
+    /// `latency_ratio` <= `latency_goal`.
+    pub latency_goal_met: bool,
+}
+
+/// The suite's result, with stable JSON keys.
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct SuiteReport {
+    /// `vm` or `native`.
+    pub mode: &'static str,
+    /// Rounds.
+    pub runs: u32,
+    /// UDP, [`UDP_COMPARED_SIZE`]-byte datagrams, and round trips.
+    pub udp: Entry<NetBenchReport>,
+    /// UDP, [`UDP_LARGEST_SIZE`]-byte datagrams.
+    pub udp_largest: Entry<NetBenchReport>,
+    /// TCP, [`TCP_SIZE`]-byte writes, and round trips.
+    pub tcp: Entry<NetBenchReport>,
+    /// RDMA WRITE goodput.
+    pub write_bw: Entry<RdmaBenchReport>,
+    /// RDMA WRITE latency.
+    pub write_lat: Entry<RdmaBenchReport>,
+    /// RDMA against UDP.
+    pub comparison: Comparison,
+    /// Every measurement of every round verified its data.
+    pub verified: bool,
+}
+
+/// What the suite needs of a report.
+trait Figures: Clone {
+    fn gbit(&self) -> f64;
+    fn latency_us_p50(&self) -> f64;
+    fn verified(&self) -> bool;
+    fn set_verified(&mut self, verified: bool);
+}
+
+impl Figures for NetBenchReport {
+    fn gbit(&self) -> f64 {
+        self.gbit_per_sec
+    }
+    fn latency_us_p50(&self) -> f64 {
+        self.rtt_us_p50
+    }
+    fn verified(&self) -> bool {
+        self.verified
+    }
+    fn set_verified(&mut self, verified: bool) {
+        self.verified = verified;
+    }
+}
+
+impl Figures for RdmaBenchReport {
+    fn gbit(&self) -> f64 {
+        self.figures.gbit_per_sec
+    }
+    fn latency_us_p50(&self) -> f64 {
+        self.figures.lat_p50_us
+    }
+    fn verified(&self) -> bool {
+        self.verified
+    }
+    fn set_verified(&mut self, verified: bool) {
+        self.verified = verified;
+    }
+}
+
+/// The median of `values` (the upper one of an even count; 0 if empty).
+fn median(values: &[f64]) -> f64 {
+    let mut sorted = values.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    sorted.get(sorted.len() / 2).copied().unwrap_or(0.0)
+}
+
+/// The entry of `rounds` (at least one), its median round chosen by latency or by goodput.
+fn entry<R: Figures>(rounds: &[R], by_latency: bool) -> Option<Entry<R>> {
+    let gbit: Vec<f64> = rounds.iter().map(Figures::gbit).collect();
+    let latency: Vec<f64> = rounds.iter().map(Figures::latency_us_p50).collect();
+    let key = if by_latency { &latency } else { &gbit };
+    let target = median(key);
+    let index = key.iter().position(|value| *value == target)?;
+    let mut median_round = rounds.get(index)?.clone();
+    median_round.set_verified(rounds.iter().all(Figures::verified));
+    Some(Entry {
+        median: median_round,
+        gbit_per_sec_runs: gbit,
+        latency_us_p50_runs: latency,
+    })
+}
+
+/// A net-bench entry: the median goodput round, with the medians of the round trips.
+fn net_entry(rounds: &[NetBenchReport]) -> Option<Entry<NetBenchReport>> {
+    let mut entry = entry(rounds, false)?;
+    let p99: Vec<f64> = rounds.iter().map(|round| round.rtt_us_p99).collect();
+    entry.median.rtt_us_p50 = median(&entry.latency_us_p50_runs);
+    entry.median.rtt_us_p99 = median(&p99);
+    Some(entry)
+}
+
+fn ratio(numerator: f64, denominator: f64) -> f64 {
+    if denominator > 0.0 {
+        numerator / denominator
+    } else {
+        0.0
+    }
+}
+
+/// Runs the suite; `progress` gets a line after each measurement.
+pub fn run(
+    mode: &SuiteMode<'_>,
+    params: &SuiteParams,
+    mut progress: impl FnMut(&str),
+) -> Result<SuiteReport, SuiteError> {
+    let net = |transport, size, count, rtt_count| NetBenchParams {
+        transport,
+        size,
+        count,
+        duration_ms: 0,
+        rtt_size: SMALL_SIZE,
+        rtt_count,
+    };
+    let nets = [
+        net(
+            Transport::Udp,
+            UDP_COMPARED_SIZE,
+            params.udp_count,
+            params.rtt_count,
+        ),
+        net(Transport::Udp, UDP_LARGEST_SIZE, params.udp_count, 0),
+        net(Transport::Tcp, TCP_SIZE, params.tcp_count, params.rtt_count),
+    ];
+    let rdma = |test, size, iters| RdmaBenchParams {
+        test,
+        size,
+        iters,
+        loss: 0.0,
+        mtu: RDMA_MTU,
+    };
+    let rdmas = [
+        rdma(Test::WriteBw, RDMA_SIZE, params.rdma_iters),
+        rdma(Test::WriteLat, SMALL_SIZE, params.lat_iters),
+    ];
+    let runs = params.runs.max(1);
+    let mut net_rounds: [Vec<NetBenchReport>; 3] = Default::default();
+    let mut rdma_rounds: [Vec<RdmaBenchReport>; 2] = Default::default();
+    for round in 1..=runs {
+        for (index, params) in nets.iter().enumerate() {
+            let report = match mode {
+                SuiteMode::Native => netbench::run_native(params, &NetPath::Switch, false)?.0,
+                SuiteMode::Vm { base, timeout } => {
+                    netbench::run_vms(base, params, &NetPath::Switch, *timeout)?.0
+                }
+            };
+            progress(&format!(
+                "round {round}/{runs}: {} {} B: {:.3} Gbit/s, {} of {} received, round trip p50 {:.1} us{}",
+                report.transport,
+                report.size,
+                report.gbit_per_sec,
+                report.received,
+                report.messages,
+                report.rtt_us_p50,
+                if report.verified {
+                    ""
+                } else {
+                    ", NOT verified"
+                }
+            ));
+            net_rounds[index].push(report);
+        }
+        for (index, params) in rdmas.iter().enumerate() {
+            let report = match mode {
+                SuiteMode::Native => rdmabench::run_native(params, false)?.0,
+                SuiteMode::Vm { base, timeout } => {
+                    rdmabench::run_vms(base, params, *timeout, None)?.0
+                }
+            };
+            progress(&format!(
+                "round {round}/{runs}: rdma {} {} B: {:.3} Gbit/s, latency p50 {:.1} us{}",
+                report.test,
+                report.size,
+                report.figures.gbit_per_sec,
+                report.figures.lat_p50_us,
+                if report.verified {
+                    ""
+                } else {
+                    ", NOT verified"
+                }
+            ));
+            rdma_rounds[index].push(report);
+        }
+    }
+    let [udp, udp_largest, tcp] = net_rounds;
+    let [write_bw, write_lat] = rdma_rounds;
+    let udp = net_entry(&udp).ok_or(SuiteError::NoRounds)?;
+    let udp_largest = net_entry(&udp_largest).ok_or(SuiteError::NoRounds)?;
+    let tcp = net_entry(&tcp).ok_or(SuiteError::NoRounds)?;
+    let write_bw = entry(&write_bw, false).ok_or(SuiteError::NoRounds)?;
+    let write_lat = entry(&write_lat, true).ok_or(SuiteError::NoRounds)?;
+    let goodput_ratio = ratio(
+        write_bw.median.figures.gbit_per_sec,
+        udp.median.gbit_per_sec,
+    );
+    let rdma_rtt = 2.0 * write_lat.median.figures.lat_p50_us;
+    let latency_ratio = ratio(rdma_rtt, udp.median.rtt_us_p50);
+    let comparison = Comparison {
+        udp_size: UDP_COMPARED_SIZE,
+        rdma_mtu: RDMA_MTU.bytes(),
+        rdma_size: RDMA_SIZE,
+        udp_gbit_per_sec: udp.median.gbit_per_sec,
+        rdma_write_gbit_per_sec: write_bw.median.figures.gbit_per_sec,
+        goodput_ratio,
+        goodput_goal: GOODPUT_GOAL,
+        goodput_goal_met: goodput_ratio >= GOODPUT_GOAL,
+        udp_largest_gbit_per_sec: udp_largest.median.gbit_per_sec,
+        rtt_size: SMALL_SIZE,
+        udp_rtt_us_p50: udp.median.rtt_us_p50,
+        rdma_write_lat_us_p50: write_lat.median.figures.lat_p50_us,
+        rdma_rtt_us_p50: rdma_rtt,
+        latency_ratio,
+        latency_goal: LATENCY_GOAL,
+        latency_goal_met: latency_ratio > 0.0 && latency_ratio <= LATENCY_GOAL,
+    };
+    let verified = udp.median.verified
+        && udp_largest.median.verified
+        && tcp.median.verified
+        && write_bw.median.verified
+        && write_lat.median.verified;
+    Ok(SuiteReport {
+        mode: match mode {
+            SuiteMode::Native => "native",
+            SuiteMode::Vm { .. } => "vm",
+        },
+        runs,
+        udp,
+        udp_largest,
+        tcp,
+        write_bw,
+        write_lat,
+        comparison,
+        verified,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn median_takes_the_middle_round() {
+        assert_eq!(median(&[3.0, 1.0, 2.0]), 2.0);
+        assert_eq!(median(&[4.0, 1.0]), 4.0);
+        assert_eq!(median(&[]), 0.0);
+    }
+}
