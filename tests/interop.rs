@@ -258,7 +258,13 @@ struct PeerRun {
 }
 
 impl Peer {
-    fn wait(mut self) -> PeerRun {
+    /// Stops the peer (after a failure on duovm's side) and returns what it printed.
+    fn stop(mut self) -> String {
+        let _ = self.child.kill();
+        self.wait().output
+    }
+
+    fn wait(&mut self) -> PeerRun {
         let status = self.child.wait().expect("wait for qemu");
         let console = std::fs::read_to_string(&self.log).unwrap_or_default();
         let output = console
@@ -405,7 +411,7 @@ fn pingpong_options(run: Option<(u32, u32)>) -> (String, u32, u32) {
 
 /// Runs duovm's side of every ping-pong, as client (`server` given) or server, and checks
 /// what both sides report.
-fn pingpong_runs(lab: &Lab, peer: Peer, server: Option<Ipv4Addr>) {
+fn pingpong_runs(lab: &Lab, mut peer: Peer, server: Option<Ipv4Addr>) {
     for (mode, run) in PINGPONG_RUNS {
         let (_, size, iters) = pingpong_options(run);
         let name = format!("pingpong-{mode:?}-{size}-{iters}");
@@ -414,7 +420,9 @@ fn pingpong_runs(lab: &Lab, peer: Peer, server: Option<Ipv4Addr>) {
             mode,
             &name,
         );
-        let report = report.unwrap_or_else(|| panic!("duovm's side of {name} failed"));
+        let Some(report) = report else {
+            panic!("duovm's side of {name} failed; the peer:\n{}", peer.stop());
+        };
         assert!(report.verified, "{name}");
         assert_eq!(report.messages, u64::from(iters), "{name}");
         assert_eq!(
@@ -505,14 +513,19 @@ fn perftest_servers_with_duovm_client() {
             )
         })
         .collect();
-    let peer = lab.boot_peer(&script);
+    let mut peer = lab.boot_peer(&script);
     for (program, test, size, iters) in PERFTEST_RUNS {
         let (report, pcap) = lab.run_duovm(
             params(test, size, iters, Some(PEER_IP), Handshake::Perftest),
             Mode::Vm,
             program,
         );
-        let report = report.unwrap_or_else(|| panic!("duovm as the client of {program} failed"));
+        let Some(report) = report else {
+            panic!(
+                "duovm as the client of {program} failed; the peer:\n{}",
+                peer.stop()
+            );
+        };
         assert!(report.verified, "{program}: duovm's checks failed");
         assert_eq!(report.messages, u64::from(iters), "{program}");
         assert_icrc(&pcap, program);
@@ -549,7 +562,7 @@ fn rc_pingpong_survives_one_percent_loss() {
     let mut lab = Lab::new("ls");
     lab.lose(1.0);
     let (size, iters) = (1024, 200);
-    let peer = lab.boot_peer(&format!(
+    let mut peer = lab.boot_peer(&format!(
         "ibv_rc_pingpong -d rxe0 -g 1 -m 1024 -s {size} -n {iters}\n"
     ));
     let (report, pcap) = lab.run_duovm(

@@ -625,6 +625,10 @@ pub fn run_test(
                 params.port
             );
             link.until("waiting for the client", |link| link.exchange.connected)?;
+            // One client, as rc_pingpong serves: a later one is refused (and retries) rather
+            // than accepted by a server that is about to end.
+            let _ = link.client.close(listener);
+            link.exchange.listener = None;
             let message = link.tcp_take(oob::MESSAGE_LEN)?;
             let remote = Destination::from_message(&message)
                 .map_err(|_| TestError::Exchange("bad connection message"))?;

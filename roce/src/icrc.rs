@@ -100,7 +100,21 @@ const fn make_tables() -> [[u32; 256]; SLICE] {
 }
 
 /// Advances the raw (uninverted) CRC register over `data`, like Linux's `crc32_le`.
-fn update_raw(mut crc: u32, data: &[u8]) -> u32 {
+///
+/// With the `std` feature (host builds), runs of 64 bytes or more go to `crc32fast`, which
+/// folds with PCLMULQDQ where the CPU has it; the guests, built without SIMD, use the tables.
+fn update_raw(crc: u32, data: &[u8]) -> u32 {
+    #[cfg(feature = "std")]
+    if data.len() >= 64 {
+        let mut hasher = crc32fast::Hasher::new_with_initial(!crc);
+        hasher.update(data);
+        return !hasher.finalize();
+    }
+    update_tables(crc, data)
+}
+
+/// [`update_raw`] through the tables: 16 bytes per step.
+fn update_tables(mut crc: u32, data: &[u8]) -> u32 {
     let (blocks, tail) = data.as_chunks::<SLICE>();
     for block in blocks {
         let low = crc ^ u32::from_le_bytes([block[0], block[1], block[2], block[3]]);
