@@ -110,6 +110,23 @@ impl NetNs {
         self.ip(&["link", "set", interface, "up"]);
     }
 
+    /// Runs `body` on a thread that has entered the namespace: sockets and TAP devices it (and
+    /// the threads it starts) makes live there.
+    pub fn run_inside<T: Send>(&self, body: impl FnOnce() -> T + Send) -> T {
+        let path = format!("/run/netns/{}", self.name);
+        std::thread::scope(|scope| {
+            scope
+                .spawn(|| {
+                    let namespace = std::fs::File::open(&path).expect("open the namespace");
+                    nix::sched::setns(&namespace, nix::sched::CloneFlags::CLONE_NEWNET)
+                        .expect("enter the namespace");
+                    body()
+                })
+                .join()
+                .expect("the thread in the namespace panicked")
+        })
+    }
+
     /// Runs a command inside the namespace and returns its output.
     pub fn exec(&self, program: &str, args: &[&str]) -> std::process::Output {
         let mut all = vec!["netns", "exec", self.name.as_str(), program];

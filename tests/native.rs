@@ -210,16 +210,18 @@ fn net_bench_measures_against_the_host_over_a_tap() {
     if !duovm_tests::tap_available("net_bench_measures_against_the_host_over_a_tap") {
         return;
     }
-    // A subnet of this process's own, in the host's namespace (the agent is the host's end).
-    let subnet = (std::process::id() % 200) as u8 + 20;
+    // The TAP, its address and the host's sockets live in a namespace of the test's own.
+    let ns = duovm_tests::NetNs::new("nb");
     let path = NetPath::Tap(TapPath {
         name: format!("dnb{}", std::process::id() % 100_000),
-        host: Ipv4Addr::new(10, 79, subnet, 1),
-        guest: Ipv4Addr::new(10, 79, subnet, 2),
+        host: Ipv4Addr::new(10, 79, 1, 1),
+        guest: Ipv4Addr::new(10, 79, 1, 2),
         prefix_len: 24,
     });
-    let udp = net_bench(Transport::Udp, 1472, 300, &path);
-    assert_eq!(udp.path, "tap");
-    let tcp = net_bench(Transport::Tcp, 65536, 20, &path);
-    assert_eq!(tcp.received, 20, "TCP loses nothing: {tcp:?}");
+    ns.run_inside(|| {
+        let udp = net_bench(Transport::Udp, 1472, 300, &path);
+        assert_eq!(udp.path, "tap");
+        let tcp = net_bench(Transport::Tcp, 65536, 20, &path);
+        assert_eq!(tcp.received, 20, "TCP loses nothing: {tcp:?}");
+    });
 }
