@@ -150,6 +150,7 @@ fn the_ring_moves_100k_verified_descriptors_with_few_ipis() {
         size: 16,
         batch: 32,
         hostile_after: None,
+        spin_us: RingBenchParams::DEFAULT_SPIN_US,
     };
     let hello = workload(WorkloadKind::Hello, &[]);
     let (report, run) =
@@ -158,8 +159,9 @@ fn the_ring_moves_100k_verified_descriptors_with_few_ipis() {
     assert_eq!(report.descriptors, 100_000);
     assert_eq!(report.bytes, 1_600_000);
     assert_eq!(report.rejected, 0);
-    // Wake-ups are suppressed while the peer polls: far fewer IPIs than batches.
-    assert!(report.ipis_per_1000_descriptors < 31.25, "{report:#?}");
+    // At saturation each side finds work again within its spin budget, so it rarely sleeps and
+    // rarely needs an IPI: at most 1 per 1000 descriptors (1 per batch would be 31.25).
+    assert!(report.ipis_per_1000_descriptors <= 1.0, "{report:#?}");
     // The data path makes no exits to user space beyond boot and logging.
     assert_eq!(report.exits["total"].supervisor_path, 0);
     let b = run.os(Role::B);
@@ -181,6 +183,7 @@ fn a_hostile_descriptor_is_rejected_by_os_b_and_reported() {
         size: 16,
         batch: 8,
         hostile_after: Some(50),
+        spin_us: RingBenchParams::DEFAULT_SPIN_US,
     };
     let hello = workload(WorkloadKind::Hello, &[]);
     let (report, run) =

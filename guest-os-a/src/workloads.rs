@@ -94,8 +94,9 @@ fn hello(peer: &Peer) -> ! {
     finish(peer, Status::Success)
 }
 
-/// Produces the verified descriptor stream for OS B (args: count, payload size, batch; for the
-/// hostile test, `hostile_after` is where one descriptor outside the pool goes).
+/// Produces the verified descriptor stream for OS B (args: count, payload size, batch, -, spin
+/// budget in nanoseconds; for the hostile test, `hostile_after` is where one descriptor outside
+/// the pool goes).
 fn ring_producer(platform: &Platform, peer: &Peer, hostile_after: Option<u64>) -> ! {
     let args = platform.boot_info.workload.args;
     let params = StreamParams {
@@ -103,6 +104,7 @@ fn ring_producer(platform: &Platform, peer: &Peer, hostile_after: Option<u64>) -
         payload: args[1] as usize,
         batch: args[2] as u32,
         hostile_after,
+        spin_ns: args[4],
     };
     let mut endpoint = match guest_rt::ring::attach(platform) {
         Ok(endpoint) => endpoint,
@@ -120,8 +122,11 @@ fn ring_producer(platform: &Platform, peer: &Peer, hostile_after: Option<u64>) -
         }
     };
     println!(
-        "ring: producing {} descriptors of {} bytes in batches of {}",
-        params.descriptors, params.payload, params.batch
+        "ring: producing {} descriptors of {} bytes in batches of {}, polling {} us before sleeping",
+        params.descriptors,
+        params.payload,
+        params.batch,
+        params.spin_ns / 1000
     );
     peer.wait_ready();
     let mut ipi = IpiPlatform::new(*peer);
@@ -141,6 +146,7 @@ fn ring_producer(platform: &Platform, peer: &Peer, hostile_after: Option<u64>) -
             own.set_report(report::IPIS_RECEIVED, Peer::ipis_received());
             own.set_report(report::ELAPSED_TSC, stats.elapsed);
             own.set_report(report::SLEEPS, stats.sleeps);
+            own.set_report(report::SPINS, stats.spins);
             own.publish_report();
             println!(
                 "ring: produced {} descriptors, every buffer came back; {} IPIs sent, {} received",

@@ -72,6 +72,7 @@ fn ring_consumer(platform: &Platform, peer: &Peer, hostile_after: Option<u64>) -
         payload: args[1] as usize,
         batch: args[2] as u32,
         hostile_after,
+        spin_ns: args[4],
     };
     let mut endpoint = match guest_rt::ring::attach(platform) {
         Ok(endpoint) => endpoint,
@@ -108,6 +109,7 @@ fn ring_consumer(platform: &Platform, peer: &Peer, hostile_after: Option<u64>) -
             own.set_report(report::IPIS_RECEIVED, Peer::ipis_received());
             own.set_report(report::ELAPSED_TSC, stats.elapsed);
             own.set_report(report::SLEEPS, stats.sleeps);
+            own.set_report(report::SPINS, stats.spins);
             own.set_report(report::FIRST_ERROR, stats.first_rejection);
             own.publish_report();
             println!(

@@ -47,10 +47,11 @@ enum Command {
     /// Move descriptors from OS A to OS B through the shared ring and measure it.
     ///
     /// OS A fills pool buffers with numbered, checksummed payloads and posts them in batches;
-    /// OS B validates and verifies every one and returns the buffers. IPIs are sent only when
-    /// the other side sleeps. JSON keys: descriptors, bytes, size, batch, seconds,
-    /// descriptors_per_sec, ipis_sent, ipis_per_1000_descriptors, sleeps, rejected, exits,
-    /// verified, success, run_seconds.
+    /// OS B validates and verifies every one and returns the buffers. A side that finds nothing
+    /// to do polls for --spin-us, then sleeps; IPIs are sent only to a side that sleeps.
+    /// JSON keys: descriptors, bytes, size, batch, seconds, descriptors_per_sec, ipis_sent,
+    /// ipis_per_1000_descriptors, sleeps, spins, spin_us, rejected, exits, verified, success,
+    /// run_seconds.
     RingBench(RingBenchArgs),
     /// Run an RDMA test between two endpoints on the built-in switch.
     ///
@@ -174,6 +175,12 @@ struct RingBenchArgs {
     /// Descriptors per batch.
     #[arg(long, default_value_t = 32)]
     batch: u64,
+    /// How long a side (OS A waiting for room or buffers, OS B waiting for descriptors) polls
+    /// the rings before it raises its wake-up flag and sleeps, in microseconds of guest time.
+    /// 0: sleep at once, so that every burst after an idle moment costs an IPI. The budget
+    /// bounds the polling per idle period; it adds no latency.
+    #[arg(long, default_value_t = RingBenchParams::DEFAULT_SPIN_US)]
+    spin_us: u64,
     #[command(flatten)]
     vm: VmArgs,
 }
@@ -538,12 +545,14 @@ fn print_ring_report(report: &RingBenchReport) {
         report.rejected
     );
     println!(
-        "ring: {:.3} s in the guests, {:.0} descriptors/s; {} IPIs ({:.3} per 1000 descriptors), {} sleeps",
+        "ring: {:.3} s in the guests, {:.0} descriptors/s; {} IPIs ({:.3} per 1000 descriptors), {} sleeps, {} spins of at most {} us",
         report.seconds,
         report.descriptors_per_sec,
         report.ipis_sent,
         report.ipis_per_1000_descriptors,
-        report.sleeps
+        report.sleeps,
+        report.spins,
+        report.spin_us
     );
     if let Some(total) = report.exits.get("total") {
         println!(
@@ -562,6 +571,7 @@ fn ring_bench(args: &RingBenchArgs) -> Result<bool> {
         size: args.size,
         batch: args.batch,
         hostile_after: None,
+        spin_us: args.spin_us,
     };
     let images = args.vm.images()?;
     let config = args.vm.config(images, [Workload::default(); 2])?;
@@ -1024,6 +1034,7 @@ fn demo(args: &DemoArgs) -> Result<bool> {
         size: 64,
         batch: 32,
         hostile_after: None,
+        spin_us: RingBenchParams::DEFAULT_SPIN_US,
     };
     let config = args.vm.config(images.clone(), [Workload::default(); 2])?;
     let (ring, _) = ringbench::run(

@@ -2,7 +2,9 @@
 //!
 //! OS A produces `descriptors` payloads of `size` bytes in batches of `batch`; OS B validates
 //! every descriptor against the pool, checks each payload's sequence number and checksum, and
-//! returns the buffers. Both use the same `shm_ring::stream` code the host benchmarks natively.
+//! returns the buffers. Both use the same `shm_ring::stream` code the host benchmarks natively;
+//! a side that finds nothing to do polls for `spin_us` before it sleeps (see
+//! `shm_ring::stream`).
 //! The figures come from the guests' own reports (TSC ticks, IPI counts) and the host's exit
 //! counters.
 
@@ -28,6 +30,16 @@ pub struct RingBenchParams {
     pub batch: u64,
     /// Post one descriptor outside the pool after this many good ones (a test).
     pub hostile_after: Option<u64>,
+    /// How long a side that finds nothing to do polls before it sleeps, in microseconds of
+    /// guest TSC time (0: sleep at once, signalled by an IPI).
+    pub spin_us: u64,
+}
+
+impl RingBenchParams {
+    /// The default spin budget, in microseconds: longer than the gaps between bursts at
+    /// saturation under instruction emulation (about 1 µs per guest instruction), so that
+    /// neither side sleeps while the other has more to send.
+    pub const DEFAULT_SPIN_US: u64 = 20_000;
 }
 
 /// The result, with stable JSON keys.
@@ -51,6 +63,10 @@ pub struct RingBenchReport {
     pub ipis_per_1000_descriptors: f64,
     /// Times the OSes went to sleep on a ring.
     pub sleeps: u64,
+    /// Times the OSes found a ring idle, polled, and found work before the spin budget ran out.
+    pub spins: u64,
+    /// The spin budget, microseconds.
+    pub spin_us: u64,
     /// Descriptors OS B rejected.
     pub rejected: u64,
     /// Exits to user space of each OS, and the sum.
@@ -104,6 +120,8 @@ impl RingBenchReport {
                 0.0
             },
             sleeps: slot(a, report::SLEEPS) + slot(b, report::SLEEPS),
+            spins: slot(a, report::SPINS) + slot(b, report::SPINS),
+            spin_us: params.spin_us,
             rejected,
             exits,
             verified: run.success()
@@ -130,7 +148,7 @@ pub fn workloads(params: &RingBenchParams) -> [Workload; 2] {
             params.size,
             params.batch,
             params.hostile_after.unwrap_or(0),
-            0,
+            params.spin_us.saturating_mul(1000),
             0,
         ],
     };

@@ -13,7 +13,7 @@
 //! - `--capacity C`: ring capacity (default 1024; heapless holds one less).
 //! - `--impl NAME`, `--batch B`, `--desc-size 16|32`: run only matching cases (repeatable).
 //! - `--single-thread`: one thread alternately pushes and pops `batch` descriptors (shm-ring,
-//!   and `--impl baseline`, the same loop without a ring): the per-descriptor cost without
+//!   rtrb, and `--impl baseline`, the same loop without a ring): the per-descriptor cost without
 //!   cache-line transfers, for instruction counting under `valgrind --tool=callgrind`.
 //!
 //! Every case moves the same descriptors: the producer writes a sequence number into each; the
@@ -425,6 +425,38 @@ fn shm_ring_single_thread<D: BenchDesc>(count: u64, batch: u32, capacity: u32) -
     elapsed
 }
 
+/// The single-thread loop through rtrb: single `push`/`pop` at batch 1, the chunk API above.
+#[inline(never)]
+fn rtrb_single_thread<D: BenchDesc>(count: u64, batch: u32, capacity: u32) -> Duration {
+    let (mut tx, mut rx) = rtrb::RingBuffer::<D>::new(capacity as usize);
+    let mut checker = Checker::new();
+    let start = Instant::now();
+    let mut sequence = 0;
+    while sequence < count {
+        if batch == 1 {
+            tx.push(D::make(sequence)).expect("room");
+            sequence += 1;
+            let descriptor = rx.pop().expect("one published");
+            checker.check(&descriptor);
+        } else {
+            let want = (count - sequence).min(u64::from(batch)) as usize;
+            let chunk = tx.write_chunk_uninit(want).expect("room");
+            let len = chunk.len() as u64;
+            chunk.fill_from_iter((sequence..sequence + len).map(D::make));
+            sequence += len;
+            let chunk = rx.read_chunk(len as usize).expect("published");
+            let (first, second) = chunk.as_slices();
+            for descriptor in first.iter().chain(second) {
+                checker.check(descriptor);
+            }
+            chunk.commit_all();
+        }
+    }
+    let elapsed = start.elapsed();
+    checker.finish::<D>(count);
+    elapsed
+}
+
 /// The single-thread loop without a ring: makes and checks the same descriptors, passing each
 /// batch through a local array. Subtracting its cost from `shm_ring_single_thread`'s leaves the
 /// ring's own.
@@ -599,7 +631,7 @@ fn main() {
                 .map(String::as_str)
                 .filter(|&name| {
                     let wanted = if options.single_thread {
-                        name == "shm-ring" || name == "baseline"
+                        matches!(name, "shm-ring" | "rtrb" | "rtrb-chunk" | "baseline")
                     } else {
                         name != "baseline"
                     };
@@ -630,6 +662,8 @@ fn measure(name: &str, options: &Options, desc_size: usize, batch: u32) -> Durat
         (32, false, _) => run_case::<Desc32>(name, count, batch, capacity),
         (16, true, "baseline") => baseline_single_thread::<Desc>(count, batch),
         (32, true, "baseline") => baseline_single_thread::<Desc32>(count, batch),
+        (16, true, "rtrb" | "rtrb-chunk") => rtrb_single_thread::<Desc>(count, batch, capacity),
+        (32, true, "rtrb" | "rtrb-chunk") => rtrb_single_thread::<Desc32>(count, batch, capacity),
         (16, true, _) => shm_ring_single_thread::<Desc>(count, batch, capacity),
         _ => shm_ring_single_thread::<Desc32>(count, batch, capacity),
     }

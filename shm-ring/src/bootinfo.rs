@@ -85,9 +85,11 @@ pub enum WorkloadKind {
     /// Boot, say hello, exchange one IPI each way with the peer, then idle until told to stop.
     Hello = 0,
     /// Ring benchmark: OS A produces `args[0]` descriptors of `args[1]` payload bytes in batches
-    /// of `args[2]`; OS B consumes and verifies them.
+    /// of `args[2]`; OS B consumes and verifies them. A side that finds nothing to do polls for
+    /// `args[4]` nanoseconds before it sleeps (0: sleeps at once).
     RingBench = 1,
-    /// Test: OS A posts one descriptor that points outside the pool; OS B must reject it.
+    /// Test: OS A posts one descriptor that points outside the pool, after `args[3]` good ones;
+    /// OS B must reject it. The other arguments are those of [`WorkloadKind::RingBench`].
     HostileDescriptor = 2,
     /// Test: OS A reads OS B's segment, which is not mapped for it, and must fault.
     TouchPeerSegment = 3,

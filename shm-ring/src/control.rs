@@ -67,6 +67,9 @@ pub mod report {
     pub const SLEEPS: usize = 7;
     /// The first error code this OS saw (see the kernel's docs), or 0.
     pub const FIRST_ERROR: usize = 8;
+    /// Times this OS polled a ring it found idle and found work before its spin budget ran out
+    /// (each a sleep, and an IPI, saved).
+    pub const SPINS: usize = 9;
     /// RDMA test: messages completed.
     pub const RDMA_MESSAGES: usize = 10;
     /// RDMA test: payload bytes moved.
