@@ -500,6 +500,16 @@ fn run_workload(args: &RunArgs) -> Result<RunReport> {
     Ok(vm.run(args.vm.timeout())?)
 }
 
+/// Prints `report` as one JSON object, or as text through `print`.
+fn output<T: serde::Serialize>(json: bool, report: &T, print: impl Fn(&T)) -> Result<()> {
+    if json {
+        println!("{}", serde_json::to_string(report)?);
+    } else {
+        print(report);
+    }
+    Ok(())
+}
+
 /// Parses `a.b.c.d/len`.
 fn parse_cidr(text: &str) -> Result<(std::net::Ipv4Addr, u8), String> {
     let (address, prefix) = text
@@ -576,11 +586,7 @@ fn ring_bench(args: &RingBenchArgs) -> Result<bool> {
     let images = args.vm.images()?;
     let config = args.vm.config(images, [Workload::default(); 2])?;
     let (report, _) = ringbench::run(config, &params, args.vm.timeout())?;
-    if args.vm.json {
-        println!("{}", serde_json::to_string(&report)?);
-    } else {
-        print_ring_report(&report);
-    }
+    output(args.vm.json, &report, print_ring_report)?;
     Ok(report.verified)
 }
 
@@ -652,11 +658,7 @@ fn rdma_bench(args: &RdmaBenchArgs) -> Result<bool> {
         }
         report
     };
-    if args.vm.json {
-        println!("{}", serde_json::to_string(&report)?);
-    } else {
-        print_rdma_report(&report);
-    }
+    output(args.vm.json, &report, print_rdma_report)?;
     Ok(report.verified)
 }
 
@@ -763,11 +765,7 @@ fn net_bench(args: &NetBenchArgs) -> Result<bool> {
         }
         report
     };
-    if args.vm.json {
-        println!("{}", serde_json::to_string(&report)?);
-    } else {
-        print_net_report(&report);
-    }
+    output(args.vm.json, &report, print_net_report)?;
     Ok(report.verified)
 }
 
@@ -862,11 +860,7 @@ fn bench_suite(args: &BenchSuiteArgs) -> Result<bool> {
         };
         benchsuite::run(&mode, &params, progress)?
     };
-    if json {
-        println!("{}", serde_json::to_string(&report)?);
-    } else {
-        print_suite_report(&report);
-    }
+    output(json, &report, print_suite_report)?;
     Ok(report.verified)
 }
 
