@@ -226,40 +226,8 @@ fn shm_ring<D: BenchDesc>(count: u64, batch: u32, capacity: u32, wakeup: bool) -
 
 fn rtrb_single<D: BenchDesc>(count: u64, batch: u32, capacity: u32) -> Duration {
     let (mut tx, mut rx) = rtrb::RingBuffer::<D>::new(capacity as usize);
-    let produce = move || {
-        let mut spins = 0;
-        let mut sequence = 0;
-        while sequence < count {
-            let end = (sequence + u64::from(batch)).min(count);
-            while sequence < end {
-                if tx.push(D::make(sequence)).is_ok() {
-                    sequence += 1;
-                } else {
-                    wait(&mut spins);
-                }
-            }
-        }
-    };
-    let consume = move || {
-        let mut spins = 0;
-        let mut checker = Checker::new();
-        while checker.expected < count {
-            let mut taken = 0;
-            while taken < batch {
-                match rx.pop() {
-                    Ok(descriptor) => {
-                        checker.check(&descriptor);
-                        taken += 1;
-                    }
-                    Err(_) => break,
-                }
-            }
-            if taken == 0 {
-                wait(&mut spins);
-            }
-        }
-        checker
-    };
+    let produce = move || produce_each(count, batch, |descriptor| tx.push(descriptor).is_ok());
+    let consume = move || consume_each(count, batch, || rx.pop().ok());
     two_threads::<D, _, _>(count, produce, consume)
 }
 
@@ -313,40 +281,8 @@ fn rtrb_chunk<D: BenchDesc>(count: u64, batch: u32, capacity: u32) -> Duration {
 fn crossbeam_array_queue<D: BenchDesc>(count: u64, batch: u32, capacity: u32) -> Duration {
     let queue = Arc::new(crossbeam::queue::ArrayQueue::<D>::new(capacity as usize));
     let tx = Arc::clone(&queue);
-    let produce = move || {
-        let mut spins = 0;
-        let mut sequence = 0;
-        while sequence < count {
-            let end = (sequence + u64::from(batch)).min(count);
-            while sequence < end {
-                if tx.push(D::make(sequence)).is_ok() {
-                    sequence += 1;
-                } else {
-                    wait(&mut spins);
-                }
-            }
-        }
-    };
-    let consume = move || {
-        let mut spins = 0;
-        let mut checker = Checker::new();
-        while checker.expected < count {
-            let mut taken = 0;
-            while taken < batch {
-                match queue.pop() {
-                    Some(descriptor) => {
-                        checker.check(&descriptor);
-                        taken += 1;
-                    }
-                    None => break,
-                }
-            }
-            if taken == 0 {
-                wait(&mut spins);
-            }
-        }
-        checker
-    };
+    let produce = move || produce_each(count, batch, |descriptor| tx.push(descriptor).is_ok());
+    let consume = move || consume_each(count, batch, || queue.pop());
     two_threads::<D, _, _>(count, produce, consume)
 }
 
@@ -356,41 +292,53 @@ const HEAPLESS_N: usize = 1024;
 fn heapless_spsc<D: BenchDesc>(count: u64, batch: u32) -> Duration {
     let mut queue = Box::new(heapless::spsc::Queue::<D, HEAPLESS_N>::new());
     let (mut tx, mut rx) = queue.split();
-    let produce = move || {
-        let mut spins = 0;
-        let mut sequence = 0;
-        while sequence < count {
-            let end = (sequence + u64::from(batch)).min(count);
-            while sequence < end {
-                if tx.enqueue(D::make(sequence)).is_ok() {
-                    sequence += 1;
-                } else {
-                    wait(&mut spins);
-                }
-            }
-        }
-    };
-    let consume = move || {
-        let mut spins = 0;
-        let mut checker = Checker::new();
-        while checker.expected < count {
-            let mut taken = 0;
-            while taken < batch {
-                match rx.dequeue() {
-                    Some(descriptor) => {
-                        checker.check(&descriptor);
-                        taken += 1;
-                    }
-                    None => break,
-                }
-            }
-            if taken == 0 {
+    let produce = move || produce_each(count, batch, |descriptor| tx.enqueue(descriptor).is_ok());
+    let consume = move || consume_each(count, batch, || rx.dequeue());
+    two_threads::<D, _, _>(count, produce, consume)
+}
+
+/// The producer loop of a queue without a batch API: `count` descriptors, `batch` at a time,
+/// one `push` each (false: full, wait and try again).
+fn produce_each<D: BenchDesc>(count: u64, batch: u32, mut push: impl FnMut(D) -> bool) {
+    let mut spins = 0;
+    let mut sequence = 0;
+    while sequence < count {
+        let end = (sequence + u64::from(batch)).min(count);
+        while sequence < end {
+            if push(D::make(sequence)) {
+                sequence += 1;
+            } else {
                 wait(&mut spins);
             }
         }
-        checker
-    };
-    two_threads::<D, _, _>(count, produce, consume)
+    }
+}
+
+/// The consumer loop of a queue without a batch API: up to `batch` `pop`s, then a wait if
+/// none gave a descriptor, until `count` arrived; every one checked.
+fn consume_each<D: BenchDesc>(
+    count: u64,
+    batch: u32,
+    mut pop: impl FnMut() -> Option<D>,
+) -> Checker {
+    let mut spins = 0;
+    let mut checker = Checker::new();
+    while checker.expected < count {
+        let mut taken = 0;
+        while taken < batch {
+            match pop() {
+                Some(descriptor) => {
+                    checker.check(&descriptor);
+                    taken += 1;
+                }
+                None => break,
+            }
+        }
+        if taken == 0 {
+            wait(&mut spins);
+        }
+    }
+    checker
 }
 
 /// One thread, alternately publishing and consuming `batch` descriptors through shm-ring.

@@ -1103,6 +1103,38 @@ fn known_flags(value: u32, known: u32) -> Result<u32, ErrorCode> {
 }
 
 /// Writes `header` and `payload` into `out`; returns the length.
+/// The fixed parts of a message: where it goes, its header, how long its payload is.
+struct Frame {
+    head: Head,
+    header: HeaderBytes,
+    payload_len: usize,
+}
+
+impl Frame {
+    fn same(&self, other: &Frame) -> bool {
+        self.head == other.head
+            && self.header.as_slice() == other.header.as_slice()
+            && self.payload_len == other.payload_len
+    }
+}
+
+/// Writes `frame`'s header and `payload` into `out` and checks that the bytes parse back
+/// (`parse_back`) to the same fixed parts. The payload is copied verbatim, so this shows the
+/// whole message parses back to what was emitted without a second pass over the payload.
+fn emit_checked(
+    out: &mut [u8],
+    frame: &Frame,
+    payload: &[u8],
+    parse_back: impl FnOnce(&[u8]) -> Result<Frame, ErrorCode>,
+) -> Result<Head, EmitError> {
+    let len = emit_parts(out, frame.header.as_slice(), payload)?;
+    match parse_back(&out[..len]) {
+        Ok(parsed) if parsed.same(frame) => Ok(frame.head),
+        Ok(_) => Err(EmitError::Invalid(ErrorCode::BadField)),
+        Err(code) => Err(EmitError::Invalid(code)),
+    }
+}
+
 fn emit_parts(out: &mut [u8], header: &[u8], payload: &[u8]) -> Result<usize, EmitError> {
     let needed = header.len() + payload.len();
     let actual = out.len();
@@ -1331,25 +1363,21 @@ impl<'a> Request<'a> {
         }
     }
 
-    /// Whether `other` has the same kind, meta word, fixed header and payload length.
-    fn same_frame(&self, other: &Self) -> bool {
-        self.head() == other.head()
-            && self.header().as_slice() == other.header().as_slice()
-            && self.payload().len() == other.payload().len()
-    }
-
     /// Writes the message into the front of `out` and returns its [`Head`]. The result parses
     /// back to `self`, or this fails with [`EmitError::Invalid`].
     pub fn emit(&self, out: &mut [u8]) -> Result<Head, EmitError> {
-        let head = self.head();
-        let len = emit_parts(out, self.header().as_slice(), self.payload())?;
-        // The payload was copied verbatim: comparing the fixed parts shows the whole message
-        // parses back to `self`, without a second pass over the payload.
-        match Request::parse(head.flags, head.meta, &out[..len]) {
-            Ok(parsed) if parsed.same_frame(self) => Ok(head),
-            Ok(_) => Err(EmitError::Invalid(ErrorCode::BadField)),
-            Err(code) => Err(EmitError::Invalid(code)),
-        }
+        let frame = Frame {
+            head: self.head(),
+            header: self.header(),
+            payload_len: self.payload().len(),
+        };
+        emit_checked(out, &frame, self.payload(), |bytes| {
+            Request::parse(frame.head.flags, frame.head.meta, bytes).map(|parsed| Frame {
+                head: parsed.head(),
+                header: parsed.header(),
+                payload_len: parsed.payload().len(),
+            })
+        })
     }
 }
 
@@ -1732,25 +1760,21 @@ impl<'a> Event<'a> {
         }
     }
 
-    /// Whether `other` has the same kind, meta word, fixed header and payload length.
-    fn same_frame(&self, other: &Self) -> bool {
-        self.head() == other.head()
-            && self.header().as_slice() == other.header().as_slice()
-            && self.payload().len() == other.payload().len()
-    }
-
     /// Writes the message into the front of `out` and returns its [`Head`]. The result parses
     /// back to `self`, or this fails with [`EmitError::Invalid`].
     pub fn emit(&self, out: &mut [u8]) -> Result<Head, EmitError> {
-        let head = self.head();
-        let len = emit_parts(out, self.header().as_slice(), self.payload())?;
-        // The payload was copied verbatim: comparing the fixed parts shows the whole message
-        // parses back to `self`, without a second pass over the payload.
-        match Event::parse(head.flags, head.meta, &out[..len]) {
-            Ok(parsed) if parsed.same_frame(self) => Ok(head),
-            Ok(_) => Err(EmitError::Invalid(ErrorCode::BadField)),
-            Err(code) => Err(EmitError::Invalid(code)),
-        }
+        let frame = Frame {
+            head: self.head(),
+            header: self.header(),
+            payload_len: self.payload().len(),
+        };
+        emit_checked(out, &frame, self.payload(), |bytes| {
+            Event::parse(frame.head.flags, frame.head.meta, bytes).map(|parsed| Frame {
+                head: parsed.head(),
+                header: parsed.header(),
+                payload_len: parsed.payload().len(),
+            })
+        })
     }
 }
 
