@@ -282,6 +282,7 @@ fn net_bench_measures_udp_and_tcp_between_two_vms() {
             size,
             count,
             duration_ms: 0,
+            window: apps::netbench::DEFAULT_WINDOW,
             rtt_size: 64,
             rtt_count: 5,
         };

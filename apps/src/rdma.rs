@@ -207,8 +207,45 @@ const STEP_TIMEOUT_NS: u64 = 60_000_000_000;
 const REMOTE_BASE: u64 = 0x1_0000_0000;
 
 /// The byte at `offset` of message `index`.
+#[cfg(test)]
 fn pattern(index: u64, offset: usize) -> u8 {
     (index as usize).wrapping_mul(31).wrapping_add(offset) as u8 ^ 0x5a
+}
+
+/// Two periods of the pattern: byte `i` is `i as u8 ^ 0x5a`. Message `index` is the run of
+/// it from `(31 * index) mod 256`, repeated every 256 bytes.
+const PATTERN_TABLE: [u8; 512] = {
+    let mut table = [0u8; 512];
+    let mut i = 0;
+    while i < 512 {
+        table[i] = i as u8 ^ 0x5a;
+        i += 1;
+    }
+    table
+};
+
+/// The pattern of message `index`, 256 bytes at a time, each paired with `len` of them.
+fn pattern_runs(index: u64, len: usize) -> impl Iterator<Item = &'static [u8]> {
+    let start = (index as usize).wrapping_mul(31) & 0xff;
+    (0..len)
+        .step_by(256)
+        .map(move |at| &PATTERN_TABLE[start..start + (len - at).min(256)])
+}
+
+/// Writes message `index`'s pattern over `bytes`.
+fn fill_pattern(bytes: &mut [u8], index: u64) {
+    let runs = pattern_runs(index, bytes.len());
+    for (chunk, run) in bytes.chunks_mut(256).zip(runs) {
+        chunk.copy_from_slice(run);
+    }
+}
+
+/// Whether `bytes` hold message `index`'s pattern.
+fn has_pattern(bytes: &[u8], index: u64) -> bool {
+    bytes
+        .chunks(256)
+        .zip(pattern_runs(index, bytes.len()))
+        .all(|(chunk, run)| chunk == run)
 }
 
 /// The connection over TCP used for the exchange.
@@ -276,6 +313,8 @@ impl<O: Os> Link<'_, O> {
                 self.send_drops += 1;
             }
         }
+        // Wake OS B, once for the whole burst, if it sleeps.
+        self.os.wait(self.client, 0);
         taken == PUMP_BATCH
     }
 
@@ -562,9 +601,8 @@ pub fn run_test(
     if params.server.is_none() && params.test == Test::ReadLat {
         // The pattern READs fetch, in place before the client can connect.
         let bytes = device.mr_mut(resources.mr)?.as_mut_slice();
-        for (offset, byte) in bytes.iter_mut().enumerate().take(size as usize) {
-            *byte = pattern(0, offset);
-        }
+        let len = bytes.len().min(size as usize);
+        fill_pattern(&mut bytes[..len], 0);
     }
     // Receives go up before the connection exchange, as rc_pingpong posts them, so the
     // peer's first SEND never finds an empty receive queue.
@@ -799,11 +837,7 @@ fn serve<O: Os>(
         let offset = (slot * u64::from(size)) as usize;
         let mr = link.device.mr(resources.mr)?;
         let received = &mr.as_slice()[offset..offset + completion.byte_len as usize];
-        let intact = completion.byte_len == size
-            && received
-                .iter()
-                .enumerate()
-                .all(|(at, byte)| *byte == pattern(next_message, at));
+        let intact = completion.byte_len == size && has_pattern(received, next_message);
         report.verified &= intact;
         next_message += 1;
         report.messages += 1;
@@ -826,10 +860,7 @@ fn serve<O: Os>(
                 let last = (iters - 1 - slot) / SLOTS * SLOTS + slot;
                 let last = if last >= iters { continue } else { last };
                 let at = (slot * u64::from(size)) as usize;
-                let intact = memory[at..at + size as usize]
-                    .iter()
-                    .enumerate()
-                    .all(|(offset, byte)| *byte == pattern(last, offset));
+                let intact = has_pattern(&memory[at..at + size as usize], last);
                 report.verified &= intact;
             }
             report.messages = iters;
@@ -876,9 +907,7 @@ fn fill(
 ) -> Result<(), TestError> {
     let mr = link.device.mr_mut(resources.mr)?;
     let bytes = &mut mr.as_mut_slice()[offset as usize..offset as usize + len as usize];
-    for (at, byte) in bytes.iter_mut().enumerate() {
-        *byte = pattern(index, at);
-    }
+    fill_pattern(bytes, index);
     Ok(())
 }
 
@@ -1058,10 +1087,7 @@ fn read_or_atomic_lat<O: Os>(
             (Expect::Pattern, Test::AtomicLat) => {
                 u64::from_le_bytes(got.try_into().unwrap_or([0xff; 8])) == index
             }
-            (Expect::Pattern, _) => got
-                .iter()
-                .enumerate()
-                .all(|(at, byte)| *byte == pattern(0, at)),
+            (Expect::Pattern, _) => has_pattern(got, 0),
             (Expect::Unchanged, Test::AtomicLat) => {
                 let value = u64::from_le_bytes(got.try_into().unwrap_or([0xff; 8]));
                 let expected = first.as_ref().map(|first| {
@@ -1170,4 +1196,34 @@ fn pingpong<O: Os>(
         verified,
         ..TestReport::default()
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use alloc::vec;
+
+    use super::*;
+
+    #[test]
+    fn pattern_runs_match_the_byte_formula() {
+        for len in [0usize, 1, 255, 256, 257, 1000, 4096, 65536] {
+            for index in [0u64, 1, 8, 255, 256, 1 << 40] {
+                let mut bytes = vec![0u8; len];
+                fill_pattern(&mut bytes, index);
+                assert!(
+                    bytes
+                        .iter()
+                        .enumerate()
+                        .all(|(at, byte)| *byte == pattern(index, at)),
+                    "len {len} index {index}"
+                );
+                assert!(has_pattern(&bytes, index));
+                if len > 0 {
+                    assert!(!has_pattern(&bytes, index + 1));
+                    bytes[len - 1] ^= 1;
+                    assert!(!has_pattern(&bytes, index));
+                }
+            }
+        }
+    }
 }

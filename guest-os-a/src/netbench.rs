@@ -23,6 +23,7 @@ pub fn run(args: [u64; 6], peer: &Peer, os: &mut GuestOs, client: &mut NetClient
                 own.set_report(report::NET_RECEIVED, goodput.received);
                 own.set_report(report::NET_BYTES, goodput.bytes);
                 own.set_report(report::NET_ELAPSED_NS, goodput.elapsed_ns);
+                own.set_report(report::NET_CREDIT_STALLS, goodput.credit_stalls);
             }
             if let Some(round_trips) = result.round_trips {
                 own.set_report(report::NET_ROUND_TRIPS, round_trips.received);

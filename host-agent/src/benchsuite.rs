@@ -83,8 +83,11 @@ impl SuiteParams {
 /// Where the endpoints run.
 #[derive(Debug)]
 pub enum SuiteMode<'a> {
-    /// Host threads.
-    Native,
+    /// Host threads, which poll for `idle_spin` before they sleep.
+    Native {
+        /// See [`crate::native::NativeMember::idle_spin`].
+        idle_spin: Duration,
+    },
     /// VMs built from `base`, each run given up after `timeout`.
     Vm {
         /// The VM configuration (workloads and network are set per measurement).
@@ -274,6 +277,7 @@ pub fn run(
         size,
         count,
         duration_ms: 0,
+        window: apps::netbench::DEFAULT_WINDOW,
         rtt_size: SMALL_SIZE,
         rtt_count,
     };
@@ -304,7 +308,9 @@ pub fn run(
     for round in 1..=runs {
         for (index, params) in nets.iter().enumerate() {
             let report = match mode {
-                SuiteMode::Native => netbench::run_native(params, &NetPath::Switch, false)?.0,
+                SuiteMode::Native { idle_spin } => {
+                    netbench::run_native(params, &NetPath::Switch, *idle_spin, false)?.0
+                }
                 SuiteMode::Vm { base, timeout } => {
                     netbench::run_vms(base, params, &NetPath::Switch, *timeout)?.0
                 }
@@ -327,7 +333,9 @@ pub fn run(
         }
         for (index, params) in rdmas.iter().enumerate() {
             let report = match mode {
-                SuiteMode::Native => rdmabench::run_native(params, false)?.0,
+                SuiteMode::Native { idle_spin } => {
+                    rdmabench::run_native(params, *idle_spin, false)?.0
+                }
                 SuiteMode::Vm { base, timeout } => {
                     rdmabench::run_vms(base, params, *timeout, None)?.0
                 }
@@ -385,7 +393,7 @@ pub fn run(
         && write_lat.median.verified;
     Ok(SuiteReport {
         mode: match mode {
-            SuiteMode::Native => "native",
+            SuiteMode::Native { .. } => "native",
             SuiteMode::Vm { .. } => "vm",
         },
         runs,

@@ -140,6 +140,7 @@ pub fn native_member(
         backend,
         app,
         echo,
+        idle_spin: crate::native::DEFAULT_IDLE_SPIN,
     };
     (member, result)
 }

@@ -78,7 +78,7 @@ enum Command {
     /// is a VM; with --native the same engines run as host threads.
     /// JSON keys: mode (vm, native), path (switch, tap), transport (udp, tcp), size (goodput
     /// message bytes; UDP: the datagram's payload), messages (sent), received (intact),
-    /// lost, bytes, seconds, gbit_per_sec, packets_per_sec (UDP: datagrams received per second;
+    /// lost, window, credit_stalls, bytes, seconds, gbit_per_sec, packets_per_sec (UDP: datagrams received per second;
     /// TCP: goodput in full-sized 1460-byte segments per second), rtt_size, round_trips,
     /// rtt_us_p50, rtt_us_p99, verified.
     NetBench(NetBenchArgs),
@@ -144,6 +144,22 @@ struct VmArgs {
     /// Print one JSON object with the full report instead of text.
     #[arg(long)]
     json: bool,
+}
+
+/// How native endpoints wait.
+#[derive(Debug, Args)]
+struct NativeSpinArgs {
+    /// With --native: how long an engine thread that finds nothing to do keeps polling
+    /// (yielding the CPU between polls) before it sleeps, in microseconds. 0 sleeps at once,
+    /// so that every burst after an idle moment costs a wake-up.
+    #[arg(long, default_value_t = host_agent::native::DEFAULT_IDLE_SPIN.as_micros() as u64)]
+    spin_us: u64,
+}
+
+impl NativeSpinArgs {
+    fn idle_spin(&self) -> Duration {
+        Duration::from_micros(self.spin_us)
+    }
 }
 
 #[derive(Debug, Args)]
@@ -240,6 +256,8 @@ struct RdmaBenchArgs {
     #[arg(long, value_name = "FILE")]
     pcap: Option<PathBuf>,
     #[command(flatten)]
+    spin: NativeSpinArgs,
+    #[command(flatten)]
     vm: VmArgs,
 }
 
@@ -267,6 +285,12 @@ struct NetBenchArgs {
     /// Stop sending goodput messages after this many seconds.
     #[arg(long)]
     seconds: Option<f64>,
+    /// UDP goodput: keep at most this many datagrams on the way, paced by credits the server
+    /// sends back every WINDOW/8 datagrams, so the figure is what the path carries without
+    /// overrunning the receiver. 0 sends as fast as OS B takes datagrams and counts what the
+    /// receiver could not take as lost.
+    #[arg(long, default_value_t = apps::netbench::DEFAULT_WINDOW)]
+    window: u32,
     /// Round-trip message size in bytes (16 to the transport's largest).
     #[arg(long, default_value_t = 64)]
     rtt_size: u32,
@@ -287,6 +311,8 @@ struct NetBenchArgs {
     /// The endpoint's address on the TAP (prefix length 24).
     #[arg(long, default_value = "10.77.1.2")]
     guest_address: Ipv4Addr,
+    #[command(flatten)]
+    spin: NativeSpinArgs,
     #[command(flatten)]
     vm: VmArgs,
 }
@@ -314,6 +340,8 @@ struct BenchSuiteArgs {
     /// write_lat round trips [default: native 2000, VM 20].
     #[arg(long)]
     lat_iters: Option<u32>,
+    #[command(flatten)]
+    spin: NativeSpinArgs,
     #[command(flatten)]
     vm: VmArgs,
 }
@@ -649,7 +677,8 @@ fn rdma_bench(args: &RdmaBenchArgs) -> Result<bool> {
         mtu,
     };
     let report = if args.native {
-        rdmabench::run_native(&params, !args.vm.quiet && !args.vm.json)?.0
+        let echo = !args.vm.quiet && !args.vm.json;
+        rdmabench::run_native(&params, args.spin.idle_spin(), echo)?.0
     } else {
         let images = args.vm.images()?;
         let config = args.vm.config(images, [Workload::default(); 2])?;
@@ -734,6 +763,7 @@ fn net_bench(args: &NetBenchArgs) -> Result<bool> {
         size,
         count,
         duration_ms,
+        window: args.window,
         rtt_size: args.rtt_size,
         rtt_count,
     };
@@ -748,7 +778,7 @@ fn net_bench(args: &NetBenchArgs) -> Result<bool> {
     };
     let report = if args.native {
         let echo = !args.vm.quiet && !args.vm.json;
-        let (report, logs) = netbench::run_native(&params, &path, echo)?;
+        let (report, logs) = netbench::run_native(&params, &path, args.spin.idle_spin(), echo)?;
         if !report.verified && !args.vm.json && !echo {
             for (index, lines) in logs.iter().enumerate() {
                 let skip = lines.len().saturating_sub(8);
@@ -852,7 +882,10 @@ fn bench_suite(args: &BenchSuiteArgs) -> Result<bool> {
         }
     };
     let report = if args.native {
-        benchsuite::run(&SuiteMode::Native, &params, progress)?
+        let mode = SuiteMode::Native {
+            idle_spin: args.spin.idle_spin(),
+        };
+        benchsuite::run(&mode, &params, progress)?
     } else {
         let images = args.vm.images()?;
         let config = args.vm.config(images, [Workload::default(); 2])?;
@@ -1162,7 +1195,8 @@ fn demo(args: &DemoArgs) -> Result<bool> {
             loss: 0.0,
             mtu: Mtu::Mtu1024,
         };
-        let (report, logs) = rdmabench::run_native(&params, false)?;
+        let (report, logs) =
+            rdmabench::run_native(&params, host_agent::native::DEFAULT_IDLE_SPIN, false)?;
         native_ok &= report.verified;
         if json {
             println!(

@@ -6,6 +6,16 @@
 //! shared memory region, with OS B's NIC a port of the built-in switch (or a TAP). IPIs become
 //! eventfd writes and `hlt` becomes `poll(2)`. Nothing else differs, so figures measured here
 //! are the speed of the engines themselves on this CPU.
+//!
+//! # Waiting: poll, then sleep
+//!
+//! As the guests do (`shm_ring::stream`), a thread with nothing to do keeps polling for a
+//! while ([`NativeMember::idle_spin`]) before it raises its wake-up flag and sleeps. It yields
+//! the CPU between polls, so on a host with fewer CPUs than engine threads the others run
+//! meanwhile. A thread that sleeps at once makes its peer pay a wake-up (a system call, and an
+//! inter-processor interrupt when the CPU it slept on has halted) for every burst, and a
+//! flow paced by acknowledgements or credits (RDMA's 128-packet window, TCP, paced UDP)
+//! waits for those wake-ups on every round trip; polling keeps them off the path.
 
 use std::net::Ipv4Addr;
 use std::os::fd::{AsRawFd, BorrowedFd};
@@ -24,6 +34,11 @@ use shm_ring::shared::{self, Endpoint, SharedConfig};
 use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
 
 use crate::devices::net_backend::NetBackend;
+
+/// How long an idle engine thread polls before it sleeps, unless told otherwise: long enough to
+/// bridge the gaps of a busy flow on a host with fewer CPUs than engine threads (see
+/// docs/PERFORMANCE.md), short enough that an idle endpoint soon sleeps.
+pub const DEFAULT_IDLE_SPIN: Duration = Duration::from_millis(1);
 
 /// Errors setting up a native endpoint.
 #[derive(Debug, thiserror::Error)]
@@ -90,6 +105,7 @@ pub struct NativeOs {
     /// Echo log lines to standard error.
     pub echo: bool,
     stop_app: Arc<AtomicBool>,
+    idle_spin_ns: u64,
 }
 
 impl Os for NativeOs {
@@ -103,6 +119,15 @@ impl Os for NativeOs {
         }
         if deadline_ns <= self.now_ns() {
             return;
+        }
+        // Poll (see the module docs) until an event comes, the deadline, or the budget ends; a
+        // faulty ring ends the poll at once (the client reports it).
+        let spin_until = deadline_ns.min(self.now_ns().saturating_add(self.idle_spin_ns));
+        while self.now_ns() < spin_until {
+            if client.endpoint_mut().rx.available() != Ok(0) {
+                return;
+            }
+            std::thread::yield_now();
         }
         if client.endpoint_mut().rx.prepare_to_sleep() {
             let deadline = self.started + Duration::from_nanos(deadline_ns);
@@ -153,12 +178,14 @@ fn serve(
     wake_a: Arc<EventFd>,
     wake_b: Arc<EventFd>,
     stop: Arc<AtomicBool>,
-    started: Instant,
+    (started, idle_spin_ns): (Instant, u64),
 ) -> netsvc::NetStats {
     let words = owner_storage_words(endpoint.own_pool.buffer_count());
     let Ok(mut pool) = PoolOwner::new(endpoint.own_pool.clone(), vec![0u64; words]) else {
         return service.stats();
     };
+    // When this thread last found nothing to do, while it polls (see the module docs).
+    let mut idle_since = None;
     while !stop.load(Ordering::Acquire) {
         let now = started.elapsed().as_nanos() as u64;
         let outcome = service.poll(now, &mut endpoint, &mut pool);
@@ -166,8 +193,18 @@ fn serve(
             let _ = wake_a.write(1);
         }
         if outcome.busy {
+            idle_since = None;
             continue;
         }
+        if outcome.progress {
+            idle_since = None;
+        }
+        let since = *idle_since.get_or_insert(now);
+        if now - since < idle_spin_ns {
+            std::thread::yield_now();
+            continue;
+        }
+        idle_since = None;
         let mut idle = endpoint.rx.prepare_to_sleep();
         if outcome.starved {
             idle &= endpoint.tx_return.prepare_to_sleep();
@@ -209,6 +246,8 @@ pub struct NativeMember {
     pub app: NativeApp,
     /// Echo the application's log lines.
     pub echo: bool,
+    /// How long OS A's and OS B's threads poll before they sleep (see the module docs).
+    pub idle_spin: Duration,
 }
 
 impl std::fmt::Debug for NativeMember {
@@ -264,13 +303,14 @@ pub fn spawn(member: NativeMember) -> Result<NativeHandle, NativeError> {
     let wake_a = Arc::new(EventFd::new(EFD_NONBLOCK)?);
     let wake_b = Arc::new(EventFd::new(EFD_NONBLOCK)?);
     let stop = Arc::new(AtomicBool::new(false));
+    let idle_spin_ns = u64::try_from(member.idle_spin.as_nanos()).unwrap_or(u64::MAX);
     let os_b = {
         let (wake_a, wake_b, stop, region) =
             (wake_a.clone(), wake_b.clone(), stop.clone(), region.clone());
         std::thread::Builder::new()
             .name(format!("{}-os-b", member.tag))
             .spawn(move || {
-                let stats = serve(service, b, wake_a, wake_b, stop, started);
+                let stats = serve(service, b, wake_a, wake_b, stop, (started, idle_spin_ns));
                 drop(region);
                 stats
             })?
@@ -291,6 +331,7 @@ pub fn spawn(member: NativeMember) -> Result<NativeHandle, NativeError> {
                 lines: Vec::new(),
                 echo,
                 stop_app,
+                idle_spin_ns,
             };
             let outcome = app(&mut os, &mut client);
             stop.store(true, Ordering::Release);

@@ -50,6 +50,8 @@ pub struct NetBenchParams {
     pub count: u64,
     /// Goodput time limit in milliseconds (0: none).
     pub duration_ms: u32,
+    /// UDP goodput: the credit window in datagrams (0: unpaced).
+    pub window: u32,
     /// Round-trip message size.
     pub rtt_size: u32,
     /// Round trips (0: none).
@@ -104,6 +106,10 @@ pub struct NetBenchReport {
     pub received: u64,
     /// Sent but not received (UDP).
     pub lost: u64,
+    /// UDP: the credit window the client paced itself with, in datagrams (0: unpaced).
+    pub window: u32,
+    /// UDP, paced: times the client sent on without a credit after waiting 20 ms.
+    pub credit_stalls: u64,
     /// Bytes received intact.
     pub bytes: u64,
     /// Seconds of the goodput measurement: UDP from the first datagram's arrival to the
@@ -154,6 +160,12 @@ impl NetBenchReport {
             messages: goodput.sent,
             received: goodput.received,
             lost: goodput.sent.saturating_sub(goodput.received),
+            window: if params.transport == Transport::Udp {
+                params.window
+            } else {
+                0
+            },
+            credit_stalls: goodput.credit_stalls,
             bytes: goodput.bytes,
             seconds,
             gbit_per_sec: per_second(goodput.bytes as f64 * 8.0) / 1e9,
@@ -200,6 +212,7 @@ fn plan(params: &NetBenchParams, server: Option<Ipv4Addr>) -> Plan {
         size: params.size,
         count: params.count,
         duration_ms: params.duration_ms,
+        window: params.window,
         rtt_size: params.rtt_size,
         rtt_count: params.rtt_count,
         server,
@@ -218,6 +231,7 @@ fn measured_in(run: &RunReport, params: &NetBenchParams) -> PlanReport {
             received: slot(report::NET_RECEIVED),
             bytes: slot(report::NET_BYTES),
             elapsed_ns: slot(report::NET_ELAPSED_NS),
+            credit_stalls: slot(report::NET_CREDIT_STALLS),
             verified,
             ..BenchReport::default()
         }),
@@ -311,10 +325,12 @@ fn open_tap(tap: &TapPath) -> Result<Tap, TapError> {
     Ok(backend)
 }
 
-/// Runs the benchmark with native endpoints; returns the report and each endpoint's log.
+/// Runs the benchmark with native endpoints whose threads poll for `idle_spin` before they
+/// sleep; returns the report and each endpoint's log.
 pub fn run_native(
     params: &NetBenchParams,
     path: &NetPath,
+    idle_spin: Duration,
     echo: bool,
 ) -> Result<(NetBenchReport, Vec<Vec<String>>), NetBenchError> {
     let measured: Arc<Mutex<Option<PlanReport>>> = Arc::default();
@@ -356,6 +372,7 @@ pub fn run_native(
                     backend: Box::new(backend),
                     app: app(plan(params, server), server.is_some()),
                     echo,
+                    idle_spin,
                 })?);
             }
         }
@@ -373,6 +390,7 @@ pub fn run_native(
                 backend,
                 app: app(plan(params, Some(tap.host)), true),
                 echo,
+                idle_spin,
             })?);
         }
     }

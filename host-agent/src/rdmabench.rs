@@ -157,9 +157,11 @@ pub fn run_vms(
     Ok((report, runs))
 }
 
-/// Runs the test between two native endpoints; returns the report and each side's log.
+/// Runs the test between two native endpoints whose threads poll for `idle_spin` before they
+/// sleep; returns the report and each side's log.
 pub fn run_native(
     params: &RdmaBenchParams,
+    idle_spin: Duration,
     echo: bool,
 ) -> Result<(RdmaBenchReport, Vec<Vec<String>>), crate::native::NativeError> {
     let switch = switch(params.loss);
@@ -170,6 +172,7 @@ pub fn run_native(
         let (mut member, slot) =
             native_member(&side_params(params, index), identity(index), backend, echo);
         member.tag = format!("n{index}");
+        member.idle_spin = idle_spin;
         handles.push(spawn(member)?);
         slots.push(slot);
     }

@@ -7,9 +7,11 @@
 //! B, a malformed message, a handle the client does not know, a credit overflow) is counted in
 //! [`ClientStats::bad_events`] and skipped, never trusted.
 //!
-//! Wake-ups: after a call that pushed to a ring whose consumer asked to be woken,
-//! [`Client::take_signal`] returns `true` once; the platform then signals OS B. Before the
-//! platform sleeps waiting for events it uses the `rx` ring's handshake through
+//! Wake-ups: calls push to the rings without asking each time whether OS B sleeps (that asks
+//! for a full fence, which would wait for every store of the request to land). The platform
+//! calls [`Client::take_signal`] after a burst of calls and before it sleeps: it asks once for
+//! everything pushed since the last time, and returns `true` if OS B should be signalled.
+//! Before the platform sleeps waiting for events it uses the `rx` ring's handshake through
 //! [`Client::endpoint_mut`].
 
 use alloc::collections::{BTreeMap, btree_map};
@@ -116,7 +118,10 @@ pub struct Client<S> {
     sockets: BTreeMap<u32, SocketState>,
     next_handle: u32,
     scratch: Vec<u8>,
-    signal: bool,
+    /// Requests were pushed since OS B's wake-up flag was last looked at.
+    unsignalled_requests: bool,
+    /// Pool B buffers were returned since OS B's wake-up flag was last looked at.
+    unsignalled_returns: bool,
     stats: ClientStats,
 }
 
@@ -132,7 +137,8 @@ impl<S: AsRef<[u64]> + AsMut<[u64]>> Client<S> {
             sockets: BTreeMap::new(),
             next_handle: 1,
             scratch,
-            signal: false,
+            unsignalled_requests: false,
+            unsignalled_returns: false,
             stats: ClientStats::default(),
         })
     }
@@ -157,9 +163,19 @@ impl<S: AsRef<[u64]> + AsMut<[u64]>> Client<S> {
         self.pool.view().buffer_size() as usize
     }
 
-    /// Whether OS B should be signalled (once per `true`).
+    /// Whether OS B should be signalled: it asked to be woken and there are requests or
+    /// returned buffers it has not been signalled for. Call after a burst of calls and before
+    /// sleeping; each `true` asks for one signal.
     pub fn take_signal(&mut self) -> bool {
-        core::mem::take(&mut self.signal)
+        let mut signal = false;
+        if core::mem::take(&mut self.unsignalled_requests) {
+            signal |= self.endpoint.tx.needs_wakeup();
+        }
+        if core::mem::take(&mut self.unsignalled_returns) {
+            // OS B sleeps for want of buffers waiting on their return ring.
+            signal |= self.endpoint.rx_return.needs_wakeup();
+        }
+        signal
     }
 
     /// The kind of socket `handle` names, if the client knows it.
@@ -225,7 +241,7 @@ impl<S: AsRef<[u64]> + AsMut<[u64]>> Client<S> {
         if self.pool.in_flight_count() >= half_ring || self.pool.free_count() == 0 {
             self.reclaim();
         }
-        let room = self.endpoint.tx.free().map_err(ClientError::Ring)?;
+        let room = self.endpoint.tx.room().map_err(ClientError::Ring)?;
         if room == 0 {
             return Err(ClientError::RingFull);
         }
@@ -249,9 +265,7 @@ impl<S: AsRef<[u64]> + AsMut<[u64]>> Client<S> {
             .push(request.head().stamp(desc))
             .map_err(|_| ClientError::RingFull)?;
         self.stats.requests += 1;
-        if self.endpoint.tx.needs_wakeup() {
-            self.signal = true;
-        }
+        self.unsignalled_requests = true;
         Ok(())
     }
 
@@ -419,9 +433,13 @@ impl<S: AsRef<[u64]> + AsMut<[u64]>> Client<S> {
 
     /// The next valid event from OS B, if any. Its bytes live in the client until the next call.
     pub fn poll(&mut self) -> Option<Event<'_>> {
-        self.reclaim();
+        // Sends take buffers back when they run short; a client that mostly receives takes
+        // them back here, before a quarter of the return ring is waiting.
+        if self.pool.in_flight_count() >= self.endpoint.tx_return.capacity() / 4 {
+            self.reclaim();
+        }
         let (flags, meta, len) = loop {
-            match self.endpoint.rx_return.free() {
+            match self.endpoint.rx_return.room() {
                 Ok(0) => return None,
                 Ok(_) => {}
                 Err(_) => {
@@ -440,9 +458,8 @@ impl<S: AsRef<[u64]> + AsMut<[u64]>> Client<S> {
             let copied = self.endpoint.peer_pool.read(&desc, &mut self.scratch);
             if let Ok(back) = self.endpoint.peer_pool.return_desc(&desc)
                 && self.endpoint.rx_return.push(back).is_ok()
-                && self.endpoint.rx_return.needs_wakeup()
             {
-                self.signal = true;
+                self.unsignalled_returns = true;
             }
             let checked = copied
                 .map_err(|_| ErrorCode::BadDescriptor)

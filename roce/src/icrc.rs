@@ -230,10 +230,17 @@ impl Icrc {
             masked_udp[offset] = 0xff;
         }
         let masked_bth = bth::icrc_masked(bth);
-        let mut register = update_raw(LRH_SEED, masked_ip);
-        register = update_raw(register, &masked_udp);
-        register = update_raw(register, &masked_bth);
-        Icrc { register }
+        // One contiguous run (40 bytes over IPv4), so the tables take 16 bytes per step for
+        // most of it instead of a byte at a time at each seam.
+        let mut headers = [0u8; IPV6_HEADER_LEN + udp::HEADER_LEN + bth::HEADER_LEN];
+        let len = masked_ip.len() + udp::HEADER_LEN + bth::HEADER_LEN;
+        let (ip, rest) = headers.split_at_mut(masked_ip.len());
+        ip.copy_from_slice(masked_ip);
+        rest[..udp::HEADER_LEN].copy_from_slice(&masked_udp);
+        rest[udp::HEADER_LEN..udp::HEADER_LEN + bth::HEADER_LEN].copy_from_slice(&masked_bth);
+        Icrc {
+            register: update_raw(LRH_SEED, &headers[..len]),
+        }
     }
 
     /// Feeds the next bytes after the BTH (extension headers, payload, pad).

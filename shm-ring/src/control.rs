@@ -100,6 +100,8 @@ pub mod report {
     pub const NET_RTT_P99_NS: usize = 23;
     /// Network benchmark: 1 if every measurement checked out.
     pub const NET_VERIFIED: usize = 24;
+    /// Network benchmark, paced UDP goodput: times the client sent on without a credit.
+    pub const NET_CREDIT_STALLS: usize = 25;
 }
 
 /// The block as laid out in memory.

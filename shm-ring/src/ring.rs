@@ -836,6 +836,16 @@ impl<D: Descriptor> Producer<D> {
         self.refresh()
     }
 
+    /// Free slots as cached, re-reading the consumer index only if the cache shows none: the
+    /// cheap way to ask whether the next [`Producer::push`] will find room.
+    #[inline]
+    pub fn room(&mut self) -> Result<u32, PeerError> {
+        match self.cached_free() {
+            0 => self.refresh(),
+            free => Ok(free),
+        }
+    }
+
     /// Publishes one descriptor.
     #[inline]
     pub fn push(&mut self, descriptor: D) -> Result<(), PushError> {
@@ -1492,6 +1502,21 @@ mod tests {
         assert_eq!(rx.pop(), Ok(Some(desc(1))));
         assert_eq!(rx.pop(), Ok(Some(desc(2))));
         assert_eq!(rx.pop(), Ok(None));
+    }
+
+    #[test]
+    fn room_rereads_only_when_the_cache_shows_none() {
+        let (mut tx, mut rx) = channel::<Desc>(4).unwrap();
+        tx.push(desc(0)).unwrap();
+        let reads = tx.stats().peer_index_reads;
+        assert_eq!(tx.room(), Ok(3));
+        assert_eq!(tx.stats().peer_index_reads, reads, "the cache had room");
+        for i in 1..4 {
+            tx.push(desc(i)).unwrap();
+        }
+        rx.pop().unwrap();
+        assert_eq!(tx.room(), Ok(1), "the cache showed none: re-read");
+        assert!(tx.stats().peer_index_reads > reads);
     }
 
     #[test]

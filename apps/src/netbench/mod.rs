@@ -31,8 +31,8 @@ use netsvc::netmsg::{ErrorCode, Event};
 
 use self::responder::{TcpResponder, UdpResponder};
 use self::wire::{
-    ANSWER_LEN, END_LEN, HEADER_LEN, Header, Kind, MAX_TCP_SIZE, MIN_SIZE, START_LEN, Summary,
-    check, fill, fill_tcp_message,
+    ANSWER_LEN, CREDIT_LEN, END_LEN, HEADER_LEN, Header, Kind, MAX_TCP_SIZE, MIN_SIZE, START_LEN,
+    Summary, check, fill, fill_tcp_message, read_u64,
 };
 use crate::{NetClient, Os, log, percentile};
 
@@ -41,6 +41,14 @@ pub const DEFAULT_PORT: u16 = 5301;
 /// The largest UDP datagram on a 1500-byte link (IPv4 and UDP headers take 28 bytes).
 pub const MAX_UDP_SIZE: usize = 1472;
 
+/// The credit window UDP goodput clients use unless told otherwise. It is well below what the
+/// built-in switch's port queue (1024 frames) and OS B's event ring to OS A (1024 slots) hold,
+/// so a paced stream is not lost to queues that overflow; it is larger than RDMA's window of
+/// 128 packets, so that UDP is not held back by its pacing more than RDMA is by its window.
+pub const DEFAULT_WINDOW: u32 = 256;
+/// How long a paced UDP client waits for a credit before it assumes the datagrams or credits
+/// on the way were lost and sends on.
+pub const CREDIT_STALL_NS: u64 = 20_000_000;
 /// How long any one step (connecting, a handshake, the final answer) may take.
 const STEP_TIMEOUT_NS: u64 = 60_000_000_000;
 /// How long a round-trip message may take before it counts as lost (UDP) or fails (TCP).
@@ -115,6 +123,9 @@ pub struct ClientParams {
     /// Goodput: stop sending after this many nanoseconds even if `count` is not reached
     /// (0: no limit).
     pub duration_ns: u64,
+    /// UDP goodput: datagrams on the way at most, paced by the server's credits (0: as fast
+    /// as OS B takes them; see [`wire`]).
+    pub window: u32,
     /// The server.
     pub server: SocketAddrV4,
 }
@@ -139,6 +150,9 @@ pub struct BenchReport {
     pub p99_ns: u64,
     /// UDP datagrams OS B refused to send (its socket buffer stayed full).
     pub refused: u64,
+    /// Paced UDP goodput: times the client went on without a credit after waiting
+    /// [`CREDIT_STALL_NS`] (credits or data were lost).
+    pub credit_stalls: u64,
     /// Every message that arrived checked out (and none twice); for TCP and round trips,
     /// every message also arrived.
     pub verified: bool,
@@ -328,7 +342,10 @@ impl<O: Os> Link<'_, O> {
         let mut sent = 0;
         while sent < data.len() {
             match self.client.tcp_send(handle, &data[sent..]) {
-                Ok(count) => sent += count,
+                Ok(count) => {
+                    sent += count;
+                    self.kick();
+                }
                 Err(ClientError::WouldBlock) => {
                     // Wait for OS B's `SendSpace` (it may be among the events just taken).
                     self.pump();
@@ -471,8 +488,7 @@ fn udp_start<O: Os>(
     link: &mut Link<'_, O>,
     server: SocketAddrV4,
     session: u64,
-    count: u64,
-    size: usize,
+    (count, size, window): (u64, usize, u32),
 ) -> Result<(), BenchError> {
     let mut start = [0u8; START_LEN];
     Header {
@@ -481,7 +497,8 @@ fn udp_start<O: Os>(
     }
     .emit(&mut start);
     start[HEADER_LEN..HEADER_LEN + 8].copy_from_slice(&count.to_le_bytes());
-    start[HEADER_LEN + 8..].copy_from_slice(&(size as u64).to_le_bytes());
+    start[HEADER_LEN + 8..HEADER_LEN + 16].copy_from_slice(&(size as u64).to_le_bytes());
+    start[HEADER_LEN + 16..].copy_from_slice(&u64::from(window).to_le_bytes());
     link.handshake("waiting for the server to answer", server, &start, |got| {
         got == start
     })?;
@@ -521,16 +538,41 @@ fn udp_goodput<O: Os>(
 ) -> Result<BenchReport, BenchError> {
     let size = params.size as usize;
     let session = session_id(link.os);
-    udp_start(link, params.server, session, params.count, size)?;
+    let window = u64::from(params.window);
+    udp_start(
+        link,
+        params.server,
+        session,
+        (params.count, size, params.window),
+    )?;
     let mut datagram = vec![0u8; size];
     let start = link.os.now_ns();
     let mut sent = 0u64;
+    // Messages below `credit` reached the server (or were given up on after a stall).
+    let mut credit = 0u64;
+    let mut stalled_since = None;
+    let mut credit_stalls = 0u64;
     while sent < params.count {
         if params.duration_ns != 0
             && sent.is_multiple_of(KICK_EVERY)
             && link.os.now_ns() - start >= params.duration_ns
         {
             break;
+        }
+        if window != 0 && sent >= credit + window {
+            link.pump();
+            credit = credit.max(take_credits(&mut link.answers, session));
+            if sent >= credit + window {
+                let now = link.os.now_ns();
+                let since = *stalled_since.get_or_insert(now);
+                if now - since < CREDIT_STALL_NS {
+                    link.wait(since + CREDIT_STALL_NS);
+                    continue;
+                }
+                credit_stalls += 1;
+                credit = sent + 1 - window;
+            }
+            stalled_since = None;
         }
         Header {
             kind: Kind::Data,
@@ -542,6 +584,7 @@ fn udp_goodput<O: Os>(
         sent += 1;
         if sent.is_multiple_of(KICK_EVERY) {
             link.pump();
+            credit = credit.max(take_credits(&mut link.answers, session));
             link.kick();
         }
     }
@@ -552,6 +595,7 @@ fn udp_goodput<O: Os>(
         bytes: summary.bytes,
         elapsed_ns: summary.elapsed_ns,
         refused: link.refused,
+        credit_stalls,
         verified: summary.bad == 0
             && summary.duplicates == 0
             && summary.received > 0
@@ -560,13 +604,30 @@ fn udp_goodput<O: Os>(
     })
 }
 
+/// Takes the answers; returns the highest credit among them for `session` (0 if none).
+fn take_credits(answers: &mut VecDeque<Vec<u8>>, session: u64) -> u64 {
+    let mut credit = 0;
+    for answer in answers.drain(..) {
+        if answer.len() != CREDIT_LEN {
+            continue;
+        }
+        if let Some((header, body)) = Header::parse(&answer)
+            && header.kind == Kind::Credit
+            && header.value == session
+        {
+            credit = credit.max(read_u64(body).unwrap_or(0));
+        }
+    }
+    credit
+}
+
 fn udp_round_trips<O: Os>(
     link: &mut Link<'_, O>,
     params: &ClientParams,
 ) -> Result<BenchReport, BenchError> {
     let size = params.size as usize;
     let session = session_id(link.os);
-    udp_start(link, params.server, session, 0, size)?;
+    udp_start(link, params.server, session, (0, size, 0))?;
     let mut ping = vec![0u8; size];
     let mut samples = Vec::with_capacity(params.count.min(1 << 20) as usize);
     let mut bad = 0u64;
@@ -623,6 +684,7 @@ fn udp_round_trips<O: Os>(
         p99_ns: percentile(&samples, 0.99),
         refused: link.refused,
         verified: bad == 0 && received == params.count && summary.received >= received,
+        ..BenchReport::default()
     })
 }
 
@@ -735,6 +797,8 @@ pub struct Plan {
     pub count: u64,
     /// Goodput time limit in milliseconds (0: none).
     pub duration_ms: u32,
+    /// UDP goodput: the credit window in datagrams (0: unpaced; see [`ClientParams::window`]).
+    pub window: u32,
     /// Round-trip message size.
     pub rtt_size: u32,
     /// Round trips (0: none).
@@ -755,7 +819,7 @@ impl Plan {
             self.count,
             self.rtt_count,
             server | u64::from(self.port) << 32,
-            u64::from(self.duration_ms),
+            u64::from(self.duration_ms) | u64::from(self.window) << 32,
         ]
     }
 
@@ -768,6 +832,7 @@ impl Plan {
             size: args[1] as u32,
             count: args[2],
             duration_ms: args[5] as u32,
+            window: (args[5] >> 32) as u32,
             rtt_size: (args[1] >> 32) as u32,
             rtt_count: args[3],
             server: (server != 0).then(|| Ipv4Addr::from(server)),
@@ -825,6 +890,7 @@ pub fn run_plan(
             size: plan.size,
             count: plan.count,
             duration_ns: u64::from(plan.duration_ms) * 1_000_000,
+            window: plan.window,
             server,
         };
         report.goodput = Some(run_client(os, client, &params)?);
@@ -836,6 +902,7 @@ pub fn run_plan(
             size: plan.rtt_size,
             count: plan.rtt_count,
             duration_ns: 0,
+            window: 0,
             server,
         };
         report.round_trips = Some(run_client(os, client, &params)?);
@@ -968,6 +1035,7 @@ mod tests {
             size: 65536,
             count: 1000,
             duration_ms: 2500,
+            window: 512,
             rtt_size: 64,
             rtt_count: 300,
             server: Some(Ipv4Addr::new(10, 77, 10, 1)),

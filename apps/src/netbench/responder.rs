@@ -7,7 +7,7 @@
 use alloc::vec::Vec;
 
 use super::wire::{
-    ANSWER_LEN, END_LEN, HEADER_LEN, Header, Kind, MAX_TCP_SIZE, MIN_SIZE, START_LEN,
+    ANSWER_LEN, CREDIT_LEN, END_LEN, HEADER_LEN, Header, Kind, MAX_TCP_SIZE, MIN_SIZE, START_LEN,
     StreamChecker, Summary, check, read_u64,
 };
 
@@ -24,6 +24,10 @@ struct Session {
     tracked: u64,
     seen: Vec<u64>,
     summary: Summary,
+    /// New messages between two credits (0: the client does not pace itself).
+    credit_every: u64,
+    /// The highest message number received, plus one.
+    next: u64,
     first_ns: Option<u64>,
     last_ns: u64,
     ended: bool,
@@ -87,12 +91,15 @@ impl UdpResponder {
                 let running = self.session.as_ref().is_some_and(|s| s.id == header.value);
                 if !running && (MIN_SIZE as u64..=u64::from(u16::MAX)).contains(&size) {
                     let announced = read_u64(body)?;
+                    let window = read_u64(body.get(16..)?)?;
                     self.session = Some(Session {
                         id: header.value,
                         size: size as usize,
                         tracked: announced.min(MAX_TRACKED),
                         seen: Vec::new(),
                         summary: Summary::default(),
+                        credit_every: if window == 0 { 0 } else { (window / 8).max(1) },
+                        next: 0,
                         first_ns: None,
                         last_ns: now_ns,
                         ended: false,
@@ -113,6 +120,21 @@ impl UdpResponder {
                         session.summary.bytes += datagram.len() as u64;
                         session.first_ns.get_or_insert(now_ns);
                         session.last_ns = now_ns;
+                        session.next = session.next.max(header.value + 1);
+                        let every = session.credit_every;
+                        if every != 0 && session.summary.received.is_multiple_of(every) {
+                            self.answer.clear();
+                            self.answer.extend_from_slice(
+                                &Header {
+                                    kind: Kind::Credit,
+                                    value: session.id,
+                                }
+                                .to_bytes(),
+                            );
+                            self.answer.extend_from_slice(&session.next.to_le_bytes());
+                            debug_assert_eq!(self.answer.len(), CREDIT_LEN);
+                            return Some(&self.answer);
+                        }
                     }
                     Some(false) => session.summary.duplicates += 1,
                     None => session.summary.bad += 1,
@@ -279,7 +301,7 @@ mod tests {
     use super::super::wire::{fill, fill_tcp_message};
     use super::*;
 
-    fn start(session: u64, count: u64, size: u64) -> Vec<u8> {
+    fn start(session: u64, count: u64, size: u64, window: u64) -> Vec<u8> {
         let mut out = Header {
             kind: Kind::Start,
             value: session,
@@ -288,6 +310,7 @@ mod tests {
         .to_vec();
         out.extend_from_slice(&count.to_le_bytes());
         out.extend_from_slice(&size.to_le_bytes());
+        out.extend_from_slice(&window.to_le_bytes());
         out
     }
 
@@ -316,7 +339,7 @@ mod tests {
     #[test]
     fn udp_session_counts_checks_and_summarises() {
         let mut server = UdpResponder::new();
-        let opening = start(7, 100, 64);
+        let opening = start(7, 100, 64, 0);
         assert_eq!(server.datagram(&opening, 0), Some(&opening[..]));
         for number in [0, 1, 2, 2, 5] {
             assert_eq!(
@@ -356,6 +379,36 @@ mod tests {
         assert_eq!(server.datagram(&end(8, 6), 60), None);
         assert_eq!(server.datagram(b"hello", 60), None);
         assert_eq!(server.stray(), 1);
+    }
+
+    #[test]
+    fn a_paced_session_gets_credits() {
+        let mut server = UdpResponder::new();
+        // A window of 16: a credit every 2 new messages, carrying the highest number plus one.
+        let opening = start(9, 100, 64, 16);
+        assert_eq!(server.datagram(&opening, 0), Some(&opening[..]));
+        let credit = |next: u64| {
+            let mut out = Header {
+                kind: Kind::Credit,
+                value: 9,
+            }
+            .to_bytes()
+            .to_vec();
+            out.extend_from_slice(&next.to_le_bytes());
+            out
+        };
+        let mut answers = Vec::new();
+        for (time, number) in [0u64, 3, 3, 1, 7, 2].into_iter().enumerate() {
+            let data = message(Kind::Data, number, 64);
+            let answer = server.datagram(&data, time as u64);
+            answers.push(answer.map(<[u8]>::to_vec));
+        }
+        // New messages 0 and 3 (credit 4), the duplicate 3 (nothing), 1 and 7 (credit 8), 2.
+        assert_eq!(
+            answers,
+            [None, Some(credit(4)), None, None, Some(credit(8)), None]
+        );
+        assert_eq!(CREDIT_LEN, credit(0).len());
     }
 
     #[test]

@@ -16,10 +16,18 @@
 //!
 //! | kind | `value` | after the header | answer |
 //! |---|---|---|---|
-//! | `Start` | session | messages announced, bytes per datagram (two `u64`) | the same bytes back |
-//! | `Data` | message number | the message's [`fill`] pattern | none |
+//! | `Start` | session | messages announced, bytes per datagram, credit window (three `u64`) | the same bytes back |
+//! | `Data` | message number | the message's [`fill`] pattern | `Credit` now and then, if the window is not 0 |
+//! | `Credit` | session | the highest message number received so far, plus one (`u64`) | none (server to client) |
 //! | `Ping` | message number | the message's [`fill`] pattern | the same bytes back |
 //! | `End` | session | DATA datagrams sent (`u64`) | `EndAck`: session, then a [`Summary`] |
+//!
+//! A client that paces itself announces a credit window `W` (datagrams) in `Start`: it then
+//! sends message `n` only once the server has reported a `Credit` above `n - W`, which the
+//! server does every `W / 8` (at least 1) new messages. So the client never has more than `W`
+//! datagrams on the way and measures what the path carries without overrunning the receiver;
+//! a lost `Credit` is made good by the next. A window of 0 sends as fast as OS B takes
+//! datagrams, and the server sends no credits.
 //!
 //! A session is a number the client picks; a `Start` for the session already running is
 //! answered again without starting anew, so the client may repeat it until answered (the first
@@ -38,7 +46,9 @@ pub const HEADER_LEN: usize = 16;
 /// Bytes of an encoded [`Summary`].
 pub const SUMMARY_LEN: usize = 40;
 /// Bytes of a UDP `Start` datagram.
-pub const START_LEN: usize = HEADER_LEN + 16;
+pub const START_LEN: usize = HEADER_LEN + 24;
+/// Bytes of a UDP `Credit` datagram.
+pub const CREDIT_LEN: usize = HEADER_LEN + 8;
 /// Bytes of a UDP `End` datagram.
 pub const END_LEN: usize = HEADER_LEN + 8;
 /// Bytes of a UDP `EndAck` datagram, and of a TCP summary.
@@ -74,6 +84,8 @@ pub enum Kind {
     Echo = 7,
     /// TCP: the receiver's summary of a stream.
     Summary = 8,
+    /// UDP: how far the server has received a paced stream.
+    Credit = 9,
 }
 
 impl Kind {
@@ -87,6 +99,7 @@ impl Kind {
             6 => Kind::Stream,
             7 => Kind::Echo,
             8 => Kind::Summary,
+            9 => Kind::Credit,
             _ => return None,
         })
     }

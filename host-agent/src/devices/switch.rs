@@ -6,8 +6,15 @@
 //! from the start.
 //!
 //! Each port receives through a bounded channel; a frame for a full port is dropped and counted,
-//! so a slow receiver never blocks a sender. Every enqueue signals the port's eventfd, so the
-//! receiving NIC's worker can `poll` one set of descriptors for all its event sources.
+//! so a slow receiver never blocks a sender. A port's eventfd is signalled when a frame arrives
+//! for a receiver that may be asleep: one that found its queue empty since the last signal (it
+//! raises a flag, then looks again; a sender enqueues, then checks the flag, with a full fence
+//! on each side, so a frame is always either seen or signalled). A receiver that is busy costs
+//! its senders no system call, so the receiving NIC's worker can `poll` one set of descriptors
+//! for all its event sources without a write per frame. Frame buffers go back to a switch-wide
+//! pool when received, so frames cost no allocation once the pool is warm.
+//!
+//! The switch's lock covers forwarding decisions and queueing, never a system call.
 //!
 //! Fault injection, per switch, for testing transports above it: every frame entering the switch
 //! may be lost, duplicated (delivered twice) or reordered (held back and delivered right after
@@ -18,6 +25,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::os::fd::{AsRawFd, BorrowedFd};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering, fence};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -33,6 +41,12 @@ pub type MacAddress = [u8; 6];
 
 /// Bytes of an Ethernet header (destination, source, EtherType).
 const ETHERNET_HEADER_LEN: usize = 14;
+
+/// Frame buffers the switch keeps for reuse.
+const POOL_BUFFERS: usize = 4096;
+
+/// Capacity of a new frame buffer: an Ethernet frame of a 1500-byte link, with room to spare.
+const BUFFER_CAPACITY: usize = 2048;
 
 /// Fault probabilities (each per frame, between 0 and 1) and the generator's seed.
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
@@ -116,11 +130,82 @@ impl SplitMix64 {
     }
 }
 
+/// What a port's receiver and the switch share.
+#[derive(Debug)]
+struct Doorbell {
+    /// Readable while frames may be waiting for a receiver that may be asleep.
+    ready: EventFd,
+    /// Raised by the receiver when it found its queue empty; taken down by the first sender
+    /// that enqueues after that, which then signals `ready`.
+    armed: AtomicBool,
+    /// Signals written to `ready` so far.
+    signals: AtomicU64,
+}
+
+impl Doorbell {
+    /// The sender's half of the handshake, after enqueueing: signal a receiver that may sleep.
+    fn ring(&self) {
+        fence(Ordering::SeqCst);
+        if self.armed.load(Ordering::Relaxed) && self.armed.swap(false, Ordering::Relaxed) {
+            // An eventfd write fails only if its counter would overflow: it is readable then.
+            let _ = self.ready.write(1);
+            self.signals.fetch_add(1, Ordering::Release);
+        }
+    }
+
+    /// The receiver's half, after finding its queue empty: reset `ready` if it was signalled
+    /// since `drained` (the signal count the receiver last reset), then ask to be signalled;
+    /// the caller must look at its queue once more afterwards. A busy receiver thus makes no
+    /// system call here.
+    fn arm(&self, drained: &mut u64) {
+        // A signal counted here was written before: one read resets it and any before it. A
+        // write not counted yet leaves `ready` readable for one spurious wake-up, after which
+        // the next arm sees its count.
+        let signals = self.signals.load(Ordering::Acquire);
+        if signals != *drained {
+            let _ = self.ready.read();
+            *drained = signals;
+        }
+        self.armed.store(true, Ordering::Relaxed);
+        fence(Ordering::SeqCst);
+    }
+}
+
+/// Recycled frame buffers, shared by all ports of a switch.
+#[derive(Clone, Debug)]
+struct BufferPool {
+    put: Sender<Vec<u8>>,
+    take: Receiver<Vec<u8>>,
+}
+
+impl BufferPool {
+    fn new() -> BufferPool {
+        let (put, take) = crossbeam_channel::bounded(POOL_BUFFERS);
+        BufferPool { put, take }
+    }
+
+    /// A buffer holding a copy of `frame`.
+    fn copy_of(&self, frame: &[u8]) -> Vec<u8> {
+        let mut buffer = self
+            .take
+            .try_recv()
+            .unwrap_or_else(|_| Vec::with_capacity(BUFFER_CAPACITY.max(frame.len())));
+        buffer.clear();
+        buffer.extend_from_slice(frame);
+        buffer
+    }
+
+    /// Hands a buffer back (dropped if the pool is full).
+    fn recycle(&self, buffer: Vec<u8>) {
+        let _ = self.put.try_send(buffer);
+    }
+}
+
 /// One port as the switch sees it.
 #[derive(Debug)]
 struct PortEntry {
     sender: Sender<Vec<u8>>,
-    ready: EventFd,
+    doorbell: Arc<Doorbell>,
 }
 
 /// A frame held back by reordering: its source port, bytes and number of copies.
@@ -136,11 +221,16 @@ struct State {
     held: Option<HeldFrame>,
     port_queue_len: usize,
     counters: SwitchCounters,
+    pool: BufferPool,
 }
 
+/// Doorbells to ring once the switch's lock is released.
+type Rings = Vec<Arc<Doorbell>>;
+
 impl State {
-    /// A frame from port `source` enters the switch.
-    fn ingress(&mut self, source: u32, frame: Vec<u8>) {
+    /// A frame from port `source` enters the switch; the doorbells of the ports it was queued
+    /// for are added to `rings`.
+    fn ingress(&mut self, source: u32, frame: &[u8], rings: &mut Rings) {
         self.counters.frames_in += 1;
         if frame.len() < ETHERNET_HEADER_LEN {
             self.counters.malformed += 1;
@@ -166,59 +256,62 @@ impl State {
         };
         if reorder && self.held.is_none() {
             self.counters.reordered += 1;
-            self.held = Some((source, frame, copies));
+            self.held = Some((source, frame.to_vec(), copies));
             return;
         }
-        self.forward(source, &frame, copies);
+        self.forward(source, frame, copies, rings);
         if let Some((held_source, held_frame, held_copies)) = self.held.take() {
-            self.forward(held_source, &held_frame, held_copies);
+            self.forward(held_source, &held_frame, held_copies, rings);
         }
     }
 
     /// Sends `copies` copies of `frame` to its destination port(s).
-    fn forward(&mut self, source: u32, frame: &[u8], copies: u32) {
+    fn forward(&mut self, source: u32, frame: &[u8], copies: u32, rings: &mut Rings) {
         let mut destination = [0u8; 6];
         destination.copy_from_slice(&frame[..6]);
         let known = (destination[0] & 1 == 0)
             .then(|| self.macs.get(&destination).copied())
             .flatten();
-        let targets: Vec<u32> = match known {
-            Some(port) if port == source => {
-                self.counters.filtered += 1;
-                Vec::new()
-            }
+        match known {
+            Some(port) if port == source => self.counters.filtered += 1,
             Some(port) => {
                 self.counters.unicast += 1;
-                vec![port]
+                self.deliver(port, frame, copies, rings);
             }
             None => {
                 self.counters.flooded += 1;
-                self.ports
+                let targets: Vec<u32> = self
+                    .ports
                     .keys()
                     .copied()
                     .filter(|port| *port != source)
-                    .collect()
-            }
-        };
-        for target in targets {
-            for _ in 0..copies {
-                self.deliver(target, frame.to_vec());
+                    .collect();
+                for target in targets {
+                    self.deliver(target, frame, copies, rings);
+                }
             }
         }
     }
 
-    fn deliver(&mut self, target: u32, frame: Vec<u8>) {
+    fn deliver(&mut self, target: u32, frame: &[u8], copies: u32, rings: &mut Rings) {
         let Some(port) = self.ports.get(&target) else {
             return;
         };
-        match port.sender.try_send(frame) {
-            Ok(()) => {
-                self.counters.delivered += 1;
-                // An eventfd write fails only if its counter would overflow: it is readable then.
-                let _ = port.ready.write(1);
+        for _ in 0..copies {
+            match port.sender.try_send(self.pool.copy_of(frame)) {
+                Ok(()) => self.counters.delivered += 1,
+                Err(TrySendError::Full(buffer)) => {
+                    self.counters.dropped_full += 1;
+                    self.pool.recycle(buffer);
+                }
+                Err(TrySendError::Disconnected(_)) => {}
             }
-            Err(TrySendError::Full(_)) => self.counters.dropped_full += 1,
-            Err(TrySendError::Disconnected(_)) => {}
+        }
+        if !rings
+            .iter()
+            .any(|doorbell| Arc::ptr_eq(doorbell, &port.doorbell))
+        {
+            rings.push(Arc::clone(&port.doorbell));
         }
     }
 }
@@ -242,6 +335,7 @@ impl Switch {
                 held: None,
                 port_queue_len: config.port_queue_len.max(1),
                 counters: SwitchCounters::default(),
+                pool: BufferPool::new(),
             })),
         }
     }
@@ -249,7 +343,12 @@ impl Switch {
     /// Adds a port; with `mac`, unicast frames for that address reach it before it has sent
     /// anything.
     pub fn port(&self, mac: Option<MacAddress>) -> std::io::Result<SwitchPort> {
-        let ready = EventFd::new(EFD_NONBLOCK)?;
+        // Armed from the start: the receiver may sleep before it ever looks at its queue.
+        let doorbell = Arc::new(Doorbell {
+            ready: EventFd::new(EFD_NONBLOCK)?,
+            armed: AtomicBool::new(true),
+            signals: AtomicU64::new(0),
+        });
         let mut state = lock_device(&self.state);
         let (sender, receiver) = crossbeam_channel::bounded(state.port_queue_len);
         let id = state.next_port;
@@ -258,7 +357,7 @@ impl Switch {
             id,
             PortEntry {
                 sender,
-                ready: ready.try_clone()?,
+                doorbell: Arc::clone(&doorbell),
             },
         );
         if let Some(mac) = mac {
@@ -269,7 +368,10 @@ impl Switch {
             id,
             mac,
             receiver,
-            ready,
+            doorbell,
+            pool: state.pool.clone(),
+            rings: Vec::new(),
+            drained: 0,
         })
     }
 
@@ -280,9 +382,15 @@ impl Switch {
 
     /// Delivers a frame held back by reordering now, if there is one.
     pub fn flush_held(&self) {
-        let mut state = lock_device(&self.state);
-        if let Some((source, frame, copies)) = state.held.take() {
-            state.forward(source, &frame, copies);
+        let mut rings = Rings::new();
+        {
+            let mut state = lock_device(&self.state);
+            if let Some((source, frame, copies)) = state.held.take() {
+                state.forward(source, &frame, copies, &mut rings);
+            }
+        }
+        for doorbell in rings {
+            doorbell.ring();
         }
     }
 }
@@ -294,7 +402,12 @@ pub struct SwitchPort {
     id: u32,
     mac: Option<MacAddress>,
     receiver: Receiver<Vec<u8>>,
-    ready: EventFd,
+    doorbell: Arc<Doorbell>,
+    pool: BufferPool,
+    /// Doorbells to ring after a send, kept to reuse its allocation.
+    rings: Rings,
+    /// The doorbell's signal count when this port last reset its eventfd.
+    drained: u64,
 }
 
 impl SwitchPort {
@@ -322,7 +435,10 @@ impl SwitchPort {
 
 impl NetBackend for SwitchPort {
     fn send(&mut self, frame: &[u8]) -> Result<(), BackendError> {
-        lock_device(&self.state).ingress(self.id, frame.to_vec());
+        lock_device(&self.state).ingress(self.id, frame, &mut self.rings);
+        for doorbell in self.rings.drain(..) {
+            doorbell.ring();
+        }
         Ok(())
     }
 
@@ -330,28 +446,33 @@ impl NetBackend for SwitchPort {
         let frame = match self.receiver.try_recv() {
             Ok(frame) => frame,
             Err(_) => {
-                // Re-arm: consume the eventfd, then look again, so that a frame enqueued between
-                // the two looks is either seen now or signals the eventfd afresh.
-                let _ = self.ready.read();
+                // Arm, then look again: a frame enqueued after the first look is either seen now
+                // or signals the eventfd.
+                self.doorbell.arm(&mut self.drained);
                 match self.receiver.try_recv() {
                     Ok(frame) => frame,
                     Err(_) => return Ok(None),
                 }
             }
         };
-        let Some(destination) = buffer.get_mut(..frame.len()) else {
-            return Err(BackendError::FrameTooLarge {
+        let result = match buffer.get_mut(..frame.len()) {
+            Some(destination) => {
+                destination.copy_from_slice(&frame);
+                Ok(Some(frame.len()))
+            }
+            None => Err(BackendError::FrameTooLarge {
                 len: frame.len(),
                 capacity: buffer.len(),
-            });
+            }),
         };
-        destination.copy_from_slice(&frame);
-        Ok(Some(frame.len()))
+        self.pool.recycle(frame);
+        result
     }
 
     fn ready_fd(&self) -> BorrowedFd<'_> {
-        // SAFETY: the eventfd is owned by `self` and stays open for the borrow's lifetime.
-        unsafe { BorrowedFd::borrow_raw(self.ready.as_raw_fd()) }
+        // SAFETY: the eventfd is owned by the doorbell, which `self` holds for the borrow's
+        // lifetime.
+        unsafe { BorrowedFd::borrow_raw(self.doorbell.ready.as_raw_fd()) }
     }
 }
 
@@ -461,6 +582,72 @@ mod tests {
         assert!(readable(&b));
         assert_eq!(drain(&mut b).len(), 1);
         assert!(!readable(&b));
+    }
+
+    #[test]
+    fn a_receiver_is_signalled_once_per_sleep_not_per_frame() {
+        let switch = Switch::new(SwitchConfig::default());
+        let mut a = switch.port(Some(A)).unwrap();
+        let mut b = switch.port(Some(B)).unwrap();
+        let signals = |port: &SwitchPort| port.doorbell.signals.load(Ordering::Relaxed);
+        for sequence in 0..100 {
+            a.send(&frame(B, A, sequence)).unwrap();
+        }
+        assert_eq!(
+            signals(&b),
+            1,
+            "one signal: b was armed when the burst began"
+        );
+        assert_eq!(drain(&mut b).len(), 100);
+        // Having found its queue empty, b is armed again: the next frame signals it.
+        a.send(&frame(B, A, 100)).unwrap();
+        assert_eq!(signals(&b), 2);
+        // A busy receiver (it takes a frame but has not found the queue empty) is not.
+        let mut buffer = [0u8; 64];
+        assert!(b.receive(&mut buffer).unwrap().is_some());
+        a.send(&frame(B, A, 101)).unwrap();
+        assert_eq!(signals(&b), 2);
+        assert_eq!(drain(&mut b).len(), 1);
+    }
+
+    #[test]
+    fn no_wake_up_is_lost_between_threads() {
+        use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+        const FRAMES: u32 = 20_000;
+        let switch = Switch::new(SwitchConfig {
+            port_queue_len: 64,
+            ..SwitchConfig::default()
+        });
+        let mut a = switch.port(Some(A)).unwrap();
+        let mut b = switch.port(Some(B)).unwrap();
+        let receiver = std::thread::spawn(move || {
+            let (mut received, mut timeouts) = (0u32, 0u32);
+            let mut buffer = [0u8; 64];
+            while received + u32::try_from(switch.counters().dropped_full).unwrap() < FRAMES {
+                match b.receive(&mut buffer).unwrap() {
+                    Some(_) => received += 1,
+                    None => {
+                        // A lost wake-up shows as a poll that times out with frames waiting.
+                        let mut fds = [PollFd::new(b.ready_fd(), PollFlags::POLLIN)];
+                        if poll(&mut fds, PollTimeout::from(2000u16)).unwrap() == 0
+                            && b.pending() > 0
+                        {
+                            timeouts += 1;
+                        }
+                    }
+                }
+            }
+            (received, timeouts)
+        });
+        for sequence in 0..FRAMES {
+            a.send(&frame(B, A, sequence)).unwrap();
+            if sequence % 97 == 0 {
+                std::thread::yield_now();
+            }
+        }
+        let (received, timeouts) = receiver.join().unwrap();
+        assert_eq!(timeouts, 0, "a frame waited for a wake-up that never came");
+        assert!(received > 0);
     }
 
     #[test]
