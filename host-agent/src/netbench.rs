@@ -24,6 +24,7 @@ use std::time::{Duration, Instant};
 use apps::Outcome;
 use apps::netbench::responder::{TcpResponder, UdpResponder};
 use apps::netbench::{BenchReport, DEFAULT_PORT, Plan, PlanReport, Transport, run_plan};
+use nix::sys::socket::sockopt;
 use serde::Serialize;
 use shm_ring::bootinfo::{NetConfig, Workload, WorkloadKind};
 use shm_ring::control::report;
@@ -434,11 +435,21 @@ pub struct HostServer {
 /// How often the server's threads look at the stop flag.
 const HOST_POLL: Duration = Duration::from_millis(50);
 
+/// The host server's UDP receive buffer, in bytes.
+const HOST_UDP_BUFFER: usize = 4 << 20;
+
 impl HostServer {
     /// Binds UDP and TCP `address` (which must be one of the host's) and starts serving.
     pub fn start(address: SocketAddrV4) -> std::io::Result<HostServer> {
         let udp = UdpSocket::bind(address)?;
         udp.set_read_timeout(Some(HOST_POLL))?;
+        // Room for a whole credit window of the largest datagrams: the kernel's default receive
+        // buffer (about 200 KiB, a few hundred bytes of accounting per datagram) holds under a
+        // hundred. Beyond `rmem_max` only CAP_NET_ADMIN may ask; without it the default stays
+        // and a paced stream may lose what the buffer cannot hold (reported as lost).
+        if nix::sys::socket::setsockopt(&udp, sockopt::RcvBufForce, &HOST_UDP_BUFFER).is_err() {
+            let _ = nix::sys::socket::setsockopt(&udp, sockopt::RcvBuf, &HOST_UDP_BUFFER);
+        }
         let listener = TcpListener::bind(address)?;
         listener.set_nonblocking(true)?;
         let stop = Arc::new(AtomicBool::new(false));
