@@ -123,15 +123,8 @@ impl UdpResponder {
                         session.next = session.next.max(header.value + 1);
                         let every = session.credit_every;
                         if every != 0 && session.summary.received.is_multiple_of(every) {
-                            self.answer.clear();
-                            self.answer.extend_from_slice(
-                                &Header {
-                                    kind: Kind::Credit,
-                                    value: session.id,
-                                }
-                                .to_bytes(),
-                            );
-                            self.answer.extend_from_slice(&session.next.to_le_bytes());
+                            let body = session.next.to_le_bytes();
+                            compose(&mut self.answer, Kind::Credit, session.id, &body);
                             debug_assert_eq!(self.answer.len(), CREDIT_LEN);
                             return Some(&self.answer);
                         }
@@ -156,15 +149,8 @@ impl UdpResponder {
                         session.last_ns - session.first_ns.unwrap_or(session.last_ns);
                     self.sessions_ended += 1;
                 }
-                self.answer.clear();
-                self.answer.extend_from_slice(
-                    &Header {
-                        kind: Kind::EndAck,
-                        value: session.id,
-                    }
-                    .to_bytes(),
-                );
-                self.answer.extend_from_slice(&session.summary.to_bytes());
+                let body = session.summary.to_bytes();
+                compose(&mut self.answer, Kind::EndAck, session.id, &body);
                 debug_assert_eq!(self.answer.len(), ANSWER_LEN);
                 Some(&self.answer)
             }
@@ -174,6 +160,13 @@ impl UdpResponder {
             }
         }
     }
+}
+
+/// Makes `out` a message of `kind` with `value`, followed by `body`.
+fn compose(out: &mut Vec<u8>, kind: Kind, value: u64, body: &[u8]) {
+    out.clear();
+    out.extend_from_slice(&Header { kind, value }.to_bytes());
+    out.extend_from_slice(body);
 }
 
 #[derive(Debug)]
