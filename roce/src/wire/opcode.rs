@@ -22,8 +22,10 @@ macro_rules! opcodes {
             Unknown(u8),
         }
 
-        impl From<u8> for Opcode {
-            fn from(value: u8) -> Self {
+        impl Opcode {
+            /// The opcode of a BTH opcode byte, as a `const fn` ([`From<u8>`] reads a table
+            /// built with it).
+            pub const fn from_byte(value: u8) -> Opcode {
                 match value {
                     $( $value => Opcode::$name, )+
                     other => Opcode::Unknown(other),
@@ -31,12 +33,26 @@ macro_rules! opcodes {
             }
         }
 
-        impl From<Opcode> for u8 {
-            fn from(opcode: Opcode) -> u8 {
-                match opcode {
+        impl From<u8> for Opcode {
+            #[inline]
+            fn from(value: u8) -> Self {
+                BY_BYTE[usize::from(value)]
+            }
+        }
+
+        impl Opcode {
+            /// The BTH opcode byte, as a `const fn`.
+            pub const fn to_byte(self) -> u8 {
+                match self {
                     $( Opcode::$name => $value, )+
                     Opcode::Unknown(other) => other,
                 }
+            }
+        }
+
+        impl From<Opcode> for u8 {
+            fn from(opcode: Opcode) -> u8 {
+                opcode.to_byte()
             }
         }
     };
@@ -291,7 +307,13 @@ impl ExtHeaders {
     }
 
     /// Total length in bytes of the headers in the set.
+    #[inline]
     pub const fn header_len(self) -> usize {
+        SET_LEN[self.0 as usize] as usize
+    }
+
+    /// [`ExtHeaders::header_len`] computed (what the table holds).
+    const fn compute_header_len(self) -> usize {
         let mut length = 0;
         let mut index = 0;
         while index < ExtHeader::WIRE_ORDER.len() {
@@ -305,10 +327,22 @@ impl ExtHeaders {
     }
 
     /// Offset of `header` from the end of the BTH, or `None` if it is not in the set.
+    #[inline]
     pub const fn offset(self, header: ExtHeader) -> Option<usize> {
         if !self.contains(header) {
             return None;
         }
+        Some(SET_OFFSET[self.0 as usize][header as usize] as usize)
+    }
+
+    /// The extension headers an opcode byte implies (a table lookup).
+    #[inline]
+    pub const fn of_opcode_byte(byte: u8) -> ExtHeaders {
+        BYTE_HEADERS[byte as usize]
+    }
+
+    /// [`ExtHeaders::offset`] computed (what the table holds), for a header in the set.
+    const fn compute_offset(self, header: ExtHeader) -> usize {
         let mut offset = 0;
         let mut index = 0;
         while index < ExtHeader::WIRE_ORDER.len() {
@@ -318,7 +352,7 @@ impl ExtHeaders {
             }
             index += 1;
         }
-        Some(offset)
+        offset
     }
 
     /// The headers in the set, in wire order.
@@ -328,6 +362,61 @@ impl ExtHeaders {
             .filter(move |header| self.contains(*header))
     }
 }
+
+/// Sets of extension headers there can be: one bit per [`ExtHeader`].
+const SETS: usize = 1 << ExtHeader::WIRE_ORDER.len();
+
+/// [`ExtHeaders::header_len`] of every set.
+const SET_LEN: [u8; SETS] = {
+    let mut table = [0u8; SETS];
+    let mut set = 0;
+    while set < SETS {
+        table[set] = ExtHeaders(set as u8).compute_header_len() as u8;
+        set += 1;
+    }
+    table
+};
+
+/// [`ExtHeaders::offset`] of every header in every set (0 where the header is not in it).
+const SET_OFFSET: [[u8; ExtHeader::WIRE_ORDER.len()]; SETS] = {
+    let mut table = [[0u8; ExtHeader::WIRE_ORDER.len()]; SETS];
+    let mut set = 0;
+    while set < SETS {
+        let mut index = 0;
+        while index < ExtHeader::WIRE_ORDER.len() {
+            let header = ExtHeader::WIRE_ORDER[index];
+            table[set][header as usize] = ExtHeaders(set as u8).compute_offset(header) as u8;
+            index += 1;
+        }
+        set += 1;
+    }
+    table
+};
+
+/// The opcode of every byte: per packet, decoding is a load.
+const BY_BYTE: [Opcode; 256] = {
+    let mut table = [Opcode::Unknown(0); 256];
+    let mut byte = 0;
+    while byte < 256 {
+        table[byte] = Opcode::from_byte(byte as u8);
+        byte += 1;
+    }
+    table
+};
+
+/// The extension headers every opcode byte implies.
+const BYTE_HEADERS: [ExtHeaders; 256] = {
+    let mut table = [ExtHeaders::EMPTY; 256];
+    let mut byte = 0;
+    while byte < 256 {
+        table[byte] = match Opcode::from_byte(byte as u8).info() {
+            Some(info) => info.headers,
+            None => ExtHeaders::EMPTY,
+        };
+        byte += 1;
+    }
+    table
+};
 
 /// What an opcode implies about its packet.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -475,11 +564,9 @@ impl Opcode {
     }
 
     /// The extension headers that follow the BTH (none for an unknown opcode).
+    #[inline]
     pub const fn ext_headers(self) -> ExtHeaders {
-        match self.info() {
-            Some(info) => info.headers,
-            None => ExtHeaders::EMPTY,
-        }
+        ExtHeaders::of_opcode_byte(self.to_byte())
     }
 
     /// Whether a payload may follow the headers (always for an unknown opcode, whose bytes
@@ -505,6 +592,27 @@ impl Opcode {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn tables_hold_what_the_functions_compute() {
+        for byte in 0..=255u8 {
+            let opcode = Opcode::from_byte(byte);
+            assert_eq!(Opcode::from(byte), opcode);
+            assert_eq!(u8::from(opcode), byte);
+            let expected = opcode.info().map_or(ExtHeaders::EMPTY, |info| info.headers);
+            assert_eq!(opcode.ext_headers(), expected, "{opcode:?}");
+        }
+        for set in 0..SETS {
+            let headers = ExtHeaders(set as u8);
+            assert_eq!(headers.header_len(), headers.compute_header_len());
+            for header in ExtHeader::WIRE_ORDER {
+                let expected = headers
+                    .contains(header)
+                    .then(|| headers.compute_offset(header));
+                assert_eq!(headers.offset(header), expected, "{headers:?} {header:?}");
+            }
+        }
+    }
 
     #[test]
     fn every_byte_round_trips() {

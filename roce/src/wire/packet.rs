@@ -90,9 +90,8 @@ impl<T: AsRef<[u8]>> Packet<T> {
 
     fn layout(&self) -> Layout {
         let buffer = self.buffer.as_ref();
-        let opcode = Opcode::from(buffer.first().copied().unwrap_or(0));
+        let headers = ExtHeaders::of_opcode_byte(buffer.first().copied().unwrap_or(0));
         let pad = usize::from(buffer.get(1).map_or(0, |flags| (flags >> 4) & 0x3));
-        let headers = opcode.ext_headers();
         let icrc_start = buffer.len().saturating_sub(ICRC_LEN);
         let header_len = (bth::HEADER_LEN + headers.header_len()).min(icrc_start);
         let payload_end = icrc_start.saturating_sub(pad).max(header_len);
