@@ -291,7 +291,7 @@ impl Icrc {
             source.len(),
             "update_copy: destination and source differ in length"
         );
-        const BLOCK: usize = 512;
+        const BLOCK: usize = 4096;
         for (to, from) in destination.chunks_mut(BLOCK).zip(source.chunks(BLOCK)) {
             to.copy_from_slice(from);
             self.register = update_raw(self.register, to);
