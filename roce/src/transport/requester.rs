@@ -123,7 +123,11 @@ pub(crate) fn transmit(
     let interval = (window as u32 / 4).clamp(1, ACK_REQUEST_INTERVAL);
     let ack_request = last || qp.req.noack_packets + 1 >= interval || in_flight + 1 >= window;
     bth.ack_request = ack_request;
-    let mut ib = RoceRepr::new(bth);
+    // Built in place inside its encapsulation: moving a finished header description into
+    // another struct copies it in 8-byte words over fields just written in 4-byte ones, and
+    // each such load waits for the stores before it to land.
+    let mut repr = super::encapsulate(qp, link, RoceRepr::new(bth));
+    let ib = &mut repr.ib;
     let mut payload_len = 0;
     match wqe.operation {
         WrOperation::RdmaRead { remote_addr, rkey } => {
@@ -192,8 +196,7 @@ pub(crate) fn transmit(
             ib.bth.solicited_event = wqe.solicited && last && completes_receive;
         }
     }
-    let ib = ib.with_payload_len(payload_len);
-    let repr = super::encapsulate(qp, link, ib);
+    ib.set_payload_len(payload_len);
     let mrs = &*env.mrs;
     let result = super::emit(out, &repr, |payload, icrc| match &wqe.inline {
         Some(data) => {

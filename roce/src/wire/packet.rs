@@ -346,9 +346,14 @@ impl Repr {
     /// Sets the payload length and the BTH pad count that goes with it.
     #[must_use]
     pub const fn with_payload_len(mut self, payload_len: usize) -> Self {
+        self.set_payload_len(payload_len);
+        self
+    }
+
+    /// Sets the payload length and the BTH pad count that goes with it, in place.
+    pub const fn set_payload_len(&mut self, payload_len: usize) {
         self.payload_len = payload_len;
         self.bth.pad_count = Self::pad_for(payload_len);
-        self
     }
 
     /// Parses an IB packet (without checking its ICRC).
