@@ -166,7 +166,12 @@ impl Doorbell {
             let _ = self.ready.read();
             *drained = signals;
         }
-        self.armed.store(true, Ordering::Relaxed);
+        // A receiver that polls an empty queue arms again and again: writing the flag only
+        // when it is down keeps its cache line shared with the senders, which read it after
+        // every frame.
+        if !self.armed.load(Ordering::Relaxed) {
+            self.armed.store(true, Ordering::Relaxed);
+        }
         fence(Ordering::SeqCst);
     }
 }
