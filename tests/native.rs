@@ -236,3 +236,34 @@ fn net_bench_measures_against_the_host_over_a_tap() {
         assert_eq!(tcp.received, 20, "TCP loses nothing: {tcp:?}");
     });
 }
+
+#[test]
+fn bench_suite_compares_rdma_with_udp_between_native_endpoints() {
+    use host_agent::benchsuite::{self, SuiteMode, SuiteParams};
+    let params = SuiteParams {
+        runs: 2,
+        udp_count: 2000,
+        tcp_count: 20,
+        rtt_count: 20,
+        rdma_iters: 30,
+        lat_iters: 20,
+    };
+    let mode = SuiteMode::Native {
+        idle_spin: host_agent::native::DEFAULT_IDLE_SPIN,
+    };
+    let mut lines = 0;
+    let report = benchsuite::run(&mode, &params, |_| lines += 1).unwrap();
+    assert!(report.verified, "{report:?}");
+    assert_eq!((report.mode, report.runs), ("native", 2));
+    assert!(lines >= 10, "a progress line per measurement: {lines}");
+    let udp = &report.udp.median;
+    assert_eq!((udp.messages, udp.lost), (2000, 0), "paced UDP loses nothing");
+    assert_eq!(report.write_bw.median.figures.messages, 30);
+    let c = &report.comparison;
+    assert!(c.udp_gbit_per_sec > 0.0 && c.rdma_write_gbit_per_sec > 0.0, "{c:?}");
+    assert!((c.goodput_ratio - c.rdma_write_gbit_per_sec / c.udp_gbit_per_sec).abs() < 1e-9);
+    assert!((c.rdma_rtt_us_p50 - 2.0 * c.rdma_write_lat_us_p50).abs() < 1e-9);
+    assert!((c.latency_ratio - c.rdma_rtt_us_p50 / c.udp_rtt_us_p50).abs() < 1e-9);
+    assert_eq!(c.goodput_goal_met, c.goodput_ratio >= c.goodput_goal);
+    assert_eq!(c.latency_goal_met, c.latency_ratio <= c.latency_goal);
+}

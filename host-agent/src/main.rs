@@ -325,7 +325,7 @@ struct BenchSuiteArgs {
     /// Rounds [default: native 3, VM 1].
     #[arg(long)]
     runs: Option<u32>,
-    /// UDP datagrams per goodput measurement [default: native 100000, VM 200].
+    /// UDP datagrams per goodput measurement [default: native 320000, VM 200].
     #[arg(long)]
     udp_count: Option<u64>,
     /// TCP writes of 64 KiB per goodput measurement [default: native 2000, VM 4].
@@ -334,7 +334,7 @@ struct BenchSuiteArgs {
     /// Round trips per UDP and TCP measurement [default: native 2000, VM 20].
     #[arg(long)]
     rtt_count: Option<u64>,
-    /// RDMA WRITEs of 64 KiB [default: native 2000, VM 4].
+    /// RDMA WRITEs of 64 KiB [default: native 5000, VM 4].
     #[arg(long)]
     rdma_iters: Option<u32>,
     /// write_lat round trips [default: native 2000, VM 20].
