@@ -257,10 +257,17 @@ fn bench_suite_compares_rdma_with_udp_between_native_endpoints() {
     assert_eq!((report.mode, report.runs), ("native", 2));
     assert!(lines >= 10, "a progress line per measurement: {lines}");
     let udp = &report.udp.median;
-    assert_eq!((udp.messages, udp.lost), (2000, 0), "paced UDP loses nothing");
+    assert_eq!(
+        (udp.messages, udp.lost),
+        (2000, 0),
+        "paced UDP loses nothing"
+    );
     assert_eq!(report.write_bw.median.figures.messages, 30);
     let c = &report.comparison;
-    assert!(c.udp_gbit_per_sec > 0.0 && c.rdma_write_gbit_per_sec > 0.0, "{c:?}");
+    assert!(
+        c.udp_gbit_per_sec > 0.0 && c.rdma_write_gbit_per_sec > 0.0,
+        "{c:?}"
+    );
     assert!((c.goodput_ratio - c.rdma_write_gbit_per_sec / c.udp_gbit_per_sec).abs() < 1e-9);
     assert!((c.rdma_rtt_us_p50 - 2.0 * c.rdma_write_lat_us_p50).abs() < 1e-9);
     assert!((c.latency_ratio - c.rdma_rtt_us_p50 / c.udp_rtt_us_p50).abs() < 1e-9);
