@@ -211,6 +211,23 @@ impl BufferPool {
 struct PortEntry {
     sender: Sender<Vec<u8>>,
     doorbell: Arc<Doorbell>,
+    /// The source MAC last learned from this port, and the table generation it was learned
+    /// in: a frame from the same MAC in the same generation needs no table update.
+    learned: Option<(MacAddress, u64)>,
+    /// The destination of this port's last frame, where the table sent it (`None`: flooded),
+    /// and in which generation.
+    route: Option<(MacAddress, Option<u32>, u64)>,
+}
+
+impl PortEntry {
+    fn new(sender: Sender<Vec<u8>>, doorbell: Arc<Doorbell>) -> PortEntry {
+        PortEntry {
+            sender,
+            doorbell,
+            learned: None,
+            route: None,
+        }
+    }
 }
 
 /// A frame held back by reordering: its source port, bytes and number of copies.
@@ -221,7 +238,11 @@ struct State {
     ports: BTreeMap<u32, PortEntry>,
     next_port: u32,
     macs: HashMap<MacAddress, u32>,
+    /// Bumped whenever `macs` changes, which invalidates the ports' caches.
+    generation: u64,
     faults: FaultConfig,
+    /// Whether any fault probability is above 0 (otherwise no draws are made).
+    faulty: bool,
     rng: SplitMix64,
     held: Option<HeldFrame>,
     port_queue_len: usize,
@@ -244,11 +265,19 @@ impl State {
         let mut source_mac = [0u8; 6];
         source_mac.copy_from_slice(&frame[6..12]);
         if source_mac[0] & 1 == 0 {
-            self.macs.insert(source_mac, source);
+            self.learn(source, source_mac);
         }
-        let lose = self.rng.chance(self.faults.loss);
-        let duplicate = self.rng.chance(self.faults.duplication);
-        let reorder = self.rng.chance(self.faults.reordering);
+        // Three draws per frame whatever the rates, so that a run is reproducible from its
+        // seed; none on a switch without faults.
+        let (lose, duplicate, reorder) = if self.faulty {
+            (
+                self.rng.chance(self.faults.loss),
+                self.rng.chance(self.faults.duplication),
+                self.rng.chance(self.faults.reordering),
+            )
+        } else {
+            (false, false, false)
+        };
         if lose {
             self.counters.lost += 1;
             return;
@@ -270,13 +299,48 @@ impl State {
         }
     }
 
+    /// Records that `mac` is on port `source`, unless the port's cache says so already.
+    fn learn(&mut self, source: u32, mac: MacAddress) {
+        let generation = self.generation;
+        if let Some(port) = self.ports.get(&source)
+            && port.learned == Some((mac, generation))
+        {
+            return;
+        }
+        if self.macs.insert(mac, source) != Some(source) {
+            self.generation += 1;
+        }
+        let generation = self.generation;
+        if let Some(port) = self.ports.get_mut(&source) {
+            port.learned = Some((mac, generation));
+        }
+    }
+
+    /// Where the table sends a frame for `destination` from port `source` (`None`: flood),
+    /// through the port's cache of its last destination.
+    fn route(&mut self, source: u32, destination: MacAddress) -> Option<u32> {
+        let generation = self.generation;
+        if let Some(port) = self.ports.get(&source)
+            && let Some((mac, target, cached_in)) = port.route
+            && mac == destination
+            && cached_in == generation
+        {
+            return target;
+        }
+        let target = (destination[0] & 1 == 0)
+            .then(|| self.macs.get(&destination).copied())
+            .flatten();
+        if let Some(port) = self.ports.get_mut(&source) {
+            port.route = Some((destination, target, generation));
+        }
+        target
+    }
+
     /// Sends `copies` copies of `frame` to its destination port(s).
     fn forward(&mut self, source: u32, frame: &[u8], copies: u32, rings: &mut Rings) {
         let mut destination = [0u8; 6];
         destination.copy_from_slice(&frame[..6]);
-        let known = (destination[0] & 1 == 0)
-            .then(|| self.macs.get(&destination).copied())
-            .flatten();
+        let known = self.route(source, destination);
         match known {
             Some(port) if port == source => self.counters.filtered += 1,
             Some(port) => {
@@ -335,6 +399,10 @@ impl Switch {
                 ports: BTreeMap::new(),
                 next_port: 0,
                 macs: HashMap::new(),
+                generation: 0,
+                faulty: config.faults.loss > 0.0
+                    || config.faults.duplication > 0.0
+                    || config.faults.reordering > 0.0,
                 faults: config.faults,
                 rng: SplitMix64::new(config.faults.seed),
                 held: None,
@@ -358,15 +426,12 @@ impl Switch {
         let (sender, receiver) = crossbeam_channel::bounded(state.port_queue_len);
         let id = state.next_port;
         state.next_port += 1;
-        state.ports.insert(
-            id,
-            PortEntry {
-                sender,
-                doorbell: Arc::clone(&doorbell),
-            },
-        );
+        state
+            .ports
+            .insert(id, PortEntry::new(sender, Arc::clone(&doorbell)));
         if let Some(mac) = mac {
             state.macs.insert(mac, id);
+            state.generation += 1;
         }
         Ok(SwitchPort {
             state: Arc::clone(&self.state),
@@ -487,6 +552,7 @@ impl Drop for SwitchPort {
         state.ports.remove(&self.id);
         let id = self.id;
         state.macs.retain(|_, port| *port != id);
+        state.generation += 1;
     }
 }
 
@@ -555,6 +621,35 @@ mod tests {
         assert_eq!(counters.unicast, 2);
         assert_eq!(counters.flooded, 2);
         assert_eq!(counters.delivered, 6);
+    }
+
+    #[test]
+    fn a_mac_that_moves_is_followed() {
+        const D: MacAddress = [2, 0, 0, 0, 0, 0xd];
+        let switch = Switch::new(SwitchConfig::default());
+        let mut a = switch.port(Some(A)).unwrap();
+        let mut b = switch.port(Some(B)).unwrap();
+        let mut c = switch.port(None).unwrap();
+        // Unknown: flooded (and b's cache of where D goes says so).
+        b.send(&frame(D, B, 1)).unwrap();
+        assert_eq!((drain(&mut a).len(), drain(&mut c).len()), (1, 1));
+        // D shows up on c: b's next frame for D goes to c alone.
+        c.send(&frame(B, D, 2)).unwrap();
+        assert_eq!(drain(&mut b).len(), 1);
+        b.send(&frame(D, B, 3)).unwrap();
+        assert_eq!((drain(&mut a).len(), drain(&mut c).len()), (0, 1));
+        // D moves to a, then back to c (whose cache of what it learned is out of date).
+        a.send(&frame(B, D, 4)).unwrap();
+        b.send(&frame(D, B, 5)).unwrap();
+        assert_eq!((drain(&mut a).len(), drain(&mut c).len()), (1, 0));
+        c.send(&frame(B, D, 6)).unwrap();
+        b.send(&frame(D, B, 7)).unwrap();
+        assert_eq!((drain(&mut a).len(), drain(&mut c).len()), (0, 1));
+        assert_eq!(drain(&mut b).len(), 2);
+        // A port that goes away is forgotten, cached routes included.
+        drop(c);
+        b.send(&frame(D, B, 8)).unwrap();
+        assert_eq!(drain(&mut a).len(), 1, "flooded again");
     }
 
     #[test]
