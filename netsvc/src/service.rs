@@ -173,7 +173,7 @@ impl<S: AsRef<[u64]> + AsMut<[u64]>> Outbox<'_, S> {
         if self.pool.free_count() < count {
             return false;
         }
-        match self.ring.free() {
+        match self.ring.room_for(count) {
             Ok(free) => free >= count,
             Err(_) => {
                 self.faults += 1;
@@ -529,7 +529,7 @@ impl<D: Nic> NetService<D> {
         peer_pool: &PoolView,
         out: &mut Outbox<'_, S>,
     ) -> (bool, u32) {
-        let room = match rx_return.free() {
+        let room = match rx_return.room_for(self.config.batch as u32) {
             Ok(room) => room,
             Err(_) => {
                 self.stats.ring_faults += 1;

@@ -840,9 +840,16 @@ impl<D: Descriptor> Producer<D> {
     /// cheap way to ask whether the next [`Producer::push`] will find room.
     #[inline]
     pub fn room(&mut self) -> Result<u32, PeerError> {
+        self.room_for(1)
+    }
+
+    /// Free slots as cached, re-reading the consumer index only if the cache shows fewer than
+    /// `want` (as [`Producer::reserve`] does).
+    #[inline]
+    pub fn room_for(&mut self, want: u32) -> Result<u32, PeerError> {
         match self.cached_free() {
-            0 => self.refresh(),
-            free => Ok(free),
+            free if free >= want => Ok(free),
+            _ => self.refresh(),
         }
     }
 
@@ -1517,6 +1524,12 @@ mod tests {
         rx.pop().unwrap();
         assert_eq!(tx.room(), Ok(1), "the cache showed none: re-read");
         assert!(tx.stats().peer_index_reads > reads);
+        let reads = tx.stats().peer_index_reads;
+        rx.pop().unwrap();
+        assert_eq!(tx.room_for(1), Ok(1), "enough cached: no re-read");
+        assert_eq!(tx.stats().peer_index_reads, reads);
+        assert_eq!(tx.room_for(2), Ok(2), "too few cached: re-read");
+        assert_eq!(tx.stats().peer_index_reads, reads + 1);
     }
 
     #[test]
