@@ -2,7 +2,7 @@
 //!
 //! All 256 vectors get a 16-byte entry stub (generated in assembly at fixed 16-byte strides),
 //! which pushes a dummy error code where the CPU pushes none, pushes the vector number and jumps
-//! to a common stub that saves the caller-saved registers and calls [`dispatch`]. Vectors 0-31
+//! to a common stub that saves the caller-saved registers and calls `dispatch`. Vectors 0-31
 //! are CPU exceptions and end the OS with a fault report. Other vectors count the interrupt, run
 //! the handler the kernel registered with [`set_handler`], and acknowledge the local APIC.
 
