@@ -335,6 +335,18 @@ impl<O: Os> Link<'_, O> {
         Err(BenchError::Timeout(what))
     }
 
+    /// Opens a stream of `kind` for messages of `size` bytes; returns a message buffer.
+    fn tcp_open(&mut self, kind: Kind, size: usize) -> Result<Vec<u8>, BenchError> {
+        self.tcp_send_all(
+            &Header {
+                kind,
+                value: size as u64,
+            }
+            .to_bytes(),
+        )?;
+        Ok(vec![0u8; size])
+    }
+
     /// Sends all of `data` on the TCP connection.
     fn tcp_send_all(&mut self, data: &[u8]) -> Result<(), BenchError> {
         let handle = self.tcp.ok_or(BenchError::Closed)?;
@@ -559,10 +571,10 @@ fn udp_goodput<O: Os>(
         {
             break;
         }
-        if window != 0 && sent >= credit + window {
+        if window != 0 && sent >= credit.saturating_add(window) {
             link.pump();
-            credit = credit.max(take_credits(&mut link.answers, session));
-            if sent >= credit + window {
+            credit = credit.max(take_credits(&mut link.answers, session, sent));
+            if sent >= credit.saturating_add(window) {
                 let now = link.os.now_ns();
                 let since = *stalled_since.get_or_insert(now);
                 if now - since < CREDIT_STALL_NS {
@@ -584,7 +596,7 @@ fn udp_goodput<O: Os>(
         sent += 1;
         if sent.is_multiple_of(KICK_EVERY) {
             link.pump();
-            credit = credit.max(take_credits(&mut link.answers, session));
+            credit = credit.max(take_credits(&mut link.answers, session, sent));
             link.kick();
         }
     }
@@ -604,8 +616,9 @@ fn udp_goodput<O: Os>(
     })
 }
 
-/// Takes the answers; returns the highest credit among them for `session` (0 if none).
-fn take_credits(answers: &mut VecDeque<Vec<u8>>, session: u64) -> u64 {
+/// Takes the answers; returns the highest credit among them for `session` (0 if none), at
+/// most `sent`: the server cannot have received more than was sent, whatever it says.
+fn take_credits(answers: &mut VecDeque<Vec<u8>>, session: u64, sent: u64) -> u64 {
     let mut credit = 0;
     for answer in answers.drain(..) {
         if answer.len() != CREDIT_LEN {
@@ -618,7 +631,7 @@ fn take_credits(answers: &mut VecDeque<Vec<u8>>, session: u64) -> u64 {
             credit = credit.max(read_u64(body).unwrap_or(0));
         }
     }
-    credit
+    credit.min(sent)
 }
 
 fn udp_round_trips<O: Os>(
@@ -693,14 +706,7 @@ fn tcp_goodput<O: Os>(
     params: &ClientParams,
 ) -> Result<BenchReport, BenchError> {
     let size = params.size as usize;
-    link.tcp_send_all(
-        &Header {
-            kind: Kind::Stream,
-            value: size as u64,
-        }
-        .to_bytes(),
-    )?;
-    let mut message = vec![0u8; size];
+    let mut message = link.tcp_open(Kind::Stream, size)?;
     let start = link.os.now_ns();
     let mut sent = 0u64;
     loop {
@@ -743,14 +749,7 @@ fn tcp_round_trips<O: Os>(
     params: &ClientParams,
 ) -> Result<BenchReport, BenchError> {
     let size = params.size as usize;
-    link.tcp_send_all(
-        &Header {
-            kind: Kind::Echo,
-            value: size as u64,
-        }
-        .to_bytes(),
-    )?;
-    let mut message = vec![0u8; size];
+    let mut message = link.tcp_open(Kind::Echo, size)?;
     let mut samples = Vec::with_capacity(params.count.min(1 << 20) as usize);
     let mut intact = 0u64;
     let start = link.os.now_ns();
@@ -1027,6 +1026,31 @@ pub fn serve(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn credits_from_the_server_are_checked() {
+        let credit = |session: u64, next: u64| {
+            let mut out = Header {
+                kind: Kind::Credit,
+                value: session,
+            }
+            .to_bytes()
+            .to_vec();
+            out.extend_from_slice(&next.to_le_bytes());
+            out
+        };
+        let mut answers: VecDeque<Vec<u8>> = VecDeque::new();
+        answers.push_back(credit(7, 40));
+        answers.push_back(credit(8, 90)); // another session
+        answers.push_back(credit(7, 30)); // older
+        answers.push_back(credit(7, 60)[..CREDIT_LEN - 1].to_vec()); // short
+        answers.push_back(b"noise".to_vec());
+        assert_eq!(take_credits(&mut answers, 7, 100), 40);
+        assert!(answers.is_empty());
+        // A server claiming more than was sent is held to what was sent.
+        answers.push_back(credit(7, u64::MAX));
+        assert_eq!(take_credits(&mut answers, 7, 100), 100);
+    }
 
     #[test]
     fn plans_round_trip_through_workload_arguments() {
