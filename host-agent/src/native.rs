@@ -209,6 +209,7 @@ fn serve(
         if outcome.starved {
             idle &= endpoint.tx_return.prepare_to_sleep();
         }
+        idle &= service.nic_mut().backend.prepare_to_wait();
         if idle {
             let deadline = outcome
                 .deadline_ns

@@ -5,6 +5,11 @@
 //! none. It exposes one file descriptor that becomes readable when frames may be waiting, so a
 //! worker thread can wait on it with `poll` alongside its other event sources.
 //!
+//! A receiver that is about to wait calls [`NetBackend::prepare_to_wait`] first, and sleeps
+//! only if that finds nothing waiting. A receiver that polls `receive` without sleeping never
+//! calls it, and so costs its senders no wake-ups (a system call per frame on the built-in
+//! switch).
+//!
 //! Implementations: [`crate::devices::switch::SwitchPort`] (the built-in L2 switch) and
 //! [`crate::devices::tap::Tap`] (a Linux TAP interface).
 
@@ -38,12 +43,22 @@ pub trait NetBackend: Send {
     fn send(&mut self, frame: &[u8]) -> Result<(), BackendError>;
 
     /// Receives one Ethernet frame into `buffer` without blocking; `Ok(None)` when none is
-    /// waiting. Once it returns `Ok(None)`, [`NetBackend::ready_fd`] becomes readable again when
-    /// the next frame arrives.
+    /// waiting.
     fn receive(&mut self, buffer: &mut [u8]) -> Result<Option<usize>, BackendError>;
 
-    /// A descriptor that is readable (level-triggered) while frames may be waiting.
+    /// A descriptor that is readable (level-triggered) while frames may be waiting, once
+    /// [`NetBackend::prepare_to_wait`] asked for it. It may also be readable when none are
+    /// (a spurious wake-up, which a `receive` that finds nothing answers).
     fn ready_fd(&self) -> BorrowedFd<'_>;
+
+    /// Asks to be woken: from now on [`NetBackend::ready_fd`] becomes readable when a frame
+    /// arrives. Returns `false` if a frame is waiting already, in which case the caller
+    /// receives it instead of sleeping (and calls this again before its next sleep).
+    ///
+    /// The default suits a descriptor the kernel keeps readable while frames wait (a TAP).
+    fn prepare_to_wait(&mut self) -> bool {
+        true
+    }
 }
 
 impl<B: NetBackend + ?Sized> NetBackend for Box<B> {
@@ -57,5 +72,9 @@ impl<B: NetBackend + ?Sized> NetBackend for Box<B> {
 
     fn ready_fd(&self) -> BorrowedFd<'_> {
         (**self).ready_fd()
+    }
+
+    fn prepare_to_wait(&mut self) -> bool {
+        (**self).prepare_to_wait()
     }
 }

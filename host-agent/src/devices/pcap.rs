@@ -182,6 +182,10 @@ impl<B: NetBackend> NetBackend for Captured<B> {
     fn ready_fd(&self) -> std::os::fd::BorrowedFd<'_> {
         self.inner.ready_fd()
     }
+
+    fn prepare_to_wait(&mut self) -> bool {
+        self.inner.prepare_to_wait()
+    }
 }
 
 #[cfg(test)]

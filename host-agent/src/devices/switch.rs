@@ -7,12 +7,13 @@
 //!
 //! Each port receives through a bounded channel; a frame for a full port is dropped and counted,
 //! so a slow receiver never blocks a sender. A port's eventfd is signalled when a frame arrives
-//! for a receiver that may be asleep: one that found its queue empty since the last signal (it
-//! raises a flag, then looks again; a sender enqueues, then checks the flag, with a full fence
-//! on each side, so a frame is always either seen or signalled). A receiver that is busy costs
-//! its senders no system call, so the receiving NIC's worker can `poll` one set of descriptors
-//! for all its event sources without a write per frame. Frame buffers go back to a switch-wide
-//! pool when received, so frames cost no allocation once the pool is warm.
+//! for a receiver that may be asleep: one that asked for it before sleeping
+//! ([`NetBackend::prepare_to_wait`]: it raises a flag, then looks again; a sender enqueues,
+//! then checks the flag, with a full fence on each side, so a frame is always either seen or
+//! signalled). A receiver that is busy, or polls its queue, costs its senders no system call,
+//! and the receiving NIC's worker can still `poll` one set of descriptors for all its event
+//! sources. Frame buffers go back to a switch-wide pool when received, so frames cost no
+//! allocation once the pool is warm.
 //!
 //! The switch's lock covers forwarding decisions and queueing, never a system call.
 //!
@@ -135,8 +136,9 @@ impl SplitMix64 {
 struct Doorbell {
     /// Readable while frames may be waiting for a receiver that may be asleep.
     ready: EventFd,
-    /// Raised by the receiver when it found its queue empty; taken down by the first sender
-    /// that enqueues after that, which then signals `ready`.
+    /// Raised by a receiver about to sleep; taken down by the first sender that enqueues
+    /// after that, which then signals `ready`. A receiver that polls leaves it down, and its
+    /// senders make no system call.
     armed: AtomicBool,
     /// Signals written to `ready` so far.
     signals: AtomicU64,
@@ -153,10 +155,9 @@ impl Doorbell {
         }
     }
 
-    /// The receiver's half, after finding its queue empty: reset `ready` if it was signalled
-    /// since `drained` (the signal count the receiver last reset), then ask to be signalled;
-    /// the caller must look at its queue once more afterwards. A busy receiver thus makes no
-    /// system call here.
+    /// The receiver's half, before it sleeps: reset `ready` if it was signalled since
+    /// `drained` (the signal count the receiver last reset), then ask to be signalled; the
+    /// caller must look at its queue once more afterwards.
     fn arm(&self, drained: &mut u64) {
         // A signal counted here was written before: one read resets it and any before it. A
         // write not counted yet leaves `ready` readable for one spurious wake-up, after which
@@ -166,9 +167,9 @@ impl Doorbell {
             let _ = self.ready.read();
             *drained = signals;
         }
-        // A receiver that polls an empty queue arms again and again: writing the flag only
-        // when it is down keeps its cache line shared with the senders, which read it after
-        // every frame.
+        // A receiver whose sleeps keep being cut short arms again and again: writing the flag
+        // only when it is down keeps its cache line shared with the senders, which read it
+        // after every frame.
         if !self.armed.load(Ordering::Relaxed) {
             self.armed.store(true, Ordering::Relaxed);
         }
@@ -513,17 +514,8 @@ impl NetBackend for SwitchPort {
     }
 
     fn receive(&mut self, buffer: &mut [u8]) -> Result<Option<usize>, BackendError> {
-        let frame = match self.receiver.try_recv() {
-            Ok(frame) => frame,
-            Err(_) => {
-                // Arm, then look again: a frame enqueued after the first look is either seen now
-                // or signals the eventfd.
-                self.doorbell.arm(&mut self.drained);
-                match self.receiver.try_recv() {
-                    Ok(frame) => frame,
-                    Err(_) => return Ok(None),
-                }
-            }
+        let Ok(frame) = self.receiver.try_recv() else {
+            return Ok(None);
         };
         let result = match buffer.get_mut(..frame.len()) {
             Some(destination) => {
@@ -543,6 +535,13 @@ impl NetBackend for SwitchPort {
         // SAFETY: the eventfd is owned by the doorbell, which `self` holds for the borrow's
         // lifetime.
         unsafe { BorrowedFd::borrow_raw(self.doorbell.ready.as_raw_fd()) }
+    }
+
+    fn prepare_to_wait(&mut self) -> bool {
+        // Arm, then look again: a frame enqueued before the arm is seen now, one enqueued
+        // after it signals the eventfd.
+        self.doorbell.arm(&mut self.drained);
+        self.receiver.is_empty()
     }
 }
 
@@ -680,8 +679,12 @@ mod tests {
         assert!(!readable(&b));
         a.send(&frame(B, A, 1)).unwrap();
         assert!(readable(&b));
+        assert!(!b.prepare_to_wait(), "a frame waits: no sleep");
         assert_eq!(drain(&mut b).len(), 1);
+        assert!(b.prepare_to_wait());
         assert!(!readable(&b));
+        a.send(&frame(B, A, 2)).unwrap();
+        assert!(readable(&b));
     }
 
     #[test]
@@ -699,15 +702,19 @@ mod tests {
             "one signal: b was armed when the burst began"
         );
         assert_eq!(drain(&mut b).len(), 100);
-        // Having found its queue empty, b is armed again: the next frame signals it.
-        a.send(&frame(B, A, 100)).unwrap();
+        // b polls (it finds its queue empty again and again but never prepares to sleep): no
+        // frame signals it.
+        for sequence in 100..200 {
+            a.send(&frame(B, A, sequence)).unwrap();
+            assert_eq!(drain(&mut b).len(), 1);
+        }
+        assert_eq!(signals(&b), 1);
+        // About to sleep, b is armed again: the next frame signals it, once.
+        assert!(b.prepare_to_wait());
+        a.send(&frame(B, A, 200)).unwrap();
+        a.send(&frame(B, A, 201)).unwrap();
         assert_eq!(signals(&b), 2);
-        // A busy receiver (it takes a frame but has not found the queue empty) is not.
-        let mut buffer = [0u8; 64];
-        assert!(b.receive(&mut buffer).unwrap().is_some());
-        a.send(&frame(B, A, 101)).unwrap();
-        assert_eq!(signals(&b), 2);
-        assert_eq!(drain(&mut b).len(), 1);
+        assert_eq!(drain(&mut b).len(), 2);
     }
 
     #[test]
@@ -726,6 +733,7 @@ mod tests {
             while received + u32::try_from(switch.counters().dropped_full).unwrap() < FRAMES {
                 match b.receive(&mut buffer).unwrap() {
                     Some(_) => received += 1,
+                    None if !b.prepare_to_wait() => {}
                     None => {
                         // A lost wake-up shows as a poll that times out with frames waiting.
                         let mut fds = [PollFd::new(b.ready_fd(), PollFlags::POLLIN)];

@@ -6,7 +6,9 @@
 //! processes the transmit queue; a receive notification (the driver added buffers) or a ready
 //! back-end moves frames from the back-end into receive buffers. Each eventfd is read (reset)
 //! before the work it announces, so a notification arriving during the work wakes the loop
-//! again instead of being lost.
+//! again instead of being lost; the back-end is asked to signal
+//! ([`NetBackend::prepare_to_wait`]) before each wait, and a back-end with frames waiting
+//! already makes the wait a mere look at the other descriptors.
 //!
 //! The device is locked for the processing only, never while waiting.
 
@@ -82,11 +84,13 @@ struct Ready {
     backend_failed: bool,
 }
 
+/// Waits for any source; with `backend_waiting` (frames are waiting already) only looks.
 fn wait(
     events: &QueueEvents,
     backend: &dyn NetBackend,
     stop: &EventFd,
     poll_backend: bool,
+    backend_waiting: bool,
 ) -> Result<Ready, WorkerError> {
     let input = PollFlags::POLLIN;
     let mut fds = [
@@ -100,8 +104,13 @@ fn wait(
     } else {
         fds.len() - 1
     };
+    let timeout = if backend_waiting {
+        PollTimeout::ZERO
+    } else {
+        PollTimeout::NONE
+    };
     loop {
-        match poll(&mut fds[..count], PollTimeout::NONE) {
+        match poll(&mut fds[..count], timeout) {
             Ok(_) => break,
             Err(Errno::EINTR) => continue,
             Err(error) => return Err(WorkerError::Poll(error)),
@@ -118,7 +127,7 @@ fn wait(
         stop: !flags(0).is_empty(),
         tx: flags(1).contains(input),
         rx: flags(2).contains(input),
-        backend: flags(3).contains(input),
+        backend: backend_waiting || flags(3).contains(input),
         backend_failed: flags(3).intersects(failure),
     })
 }
@@ -137,7 +146,8 @@ pub fn run_net_worker(
     let mut log = RateLimitedLog::new("virtio-net worker");
     let mut poll_backend = true;
     loop {
-        let ready = wait(events, backend, stop, poll_backend)?;
+        let backend_waiting = poll_backend && !backend.prepare_to_wait();
+        let ready = wait(events, backend, stop, poll_backend, backend_waiting)?;
         if ready.stop {
             return Ok(());
         }
