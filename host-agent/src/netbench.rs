@@ -40,24 +40,8 @@ use crate::vm::{RunReport, Vm, VmConfig, VmError};
 /// TCP payload bytes in a full-sized segment on a 1500-byte link (for `packets_per_sec`).
 pub const TCP_SEGMENT_PAYLOAD: u64 = 1460;
 
-/// What to measure.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct NetBenchParams {
-    /// UDP or TCP.
-    pub transport: Transport,
-    /// Goodput message size: a UDP datagram's payload, or a TCP write.
-    pub size: u32,
-    /// Goodput messages (0: no goodput measurement).
-    pub count: u64,
-    /// Goodput time limit in milliseconds (0: none).
-    pub duration_ms: u32,
-    /// UDP goodput: the credit window in datagrams (0: unpaced).
-    pub window: u32,
-    /// Round-trip message size.
-    pub rtt_size: u32,
-    /// Round trips (0: none).
-    pub rtt_count: u64,
-}
+/// What to measure: the client application's own description of it.
+pub type NetBenchParams = apps::netbench::Measurements;
 
 /// The host end of the TAP path.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -209,13 +193,7 @@ fn mac(index: u8) -> [u8; 6] {
 
 fn plan(params: &NetBenchParams, server: Option<Ipv4Addr>) -> Plan {
     Plan {
-        transport: params.transport,
-        size: params.size,
-        count: params.count,
-        duration_ms: params.duration_ms,
-        window: params.window,
-        rtt_size: params.rtt_size,
-        rtt_count: params.rtt_count,
+        measure: *params,
         server,
         port: DEFAULT_PORT,
     }

@@ -784,13 +784,13 @@ fn tcp_round_trips<O: Os>(
     })
 }
 
-/// What one endpoint runs: a client's goodput measurement and round trips over one transport,
-/// one after the other, or the server for them.
+/// What a client measures over one transport: goodput, then round trips (either may be left
+/// out).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Plan {
+pub struct Measurements {
     /// UDP or TCP.
     pub transport: Transport,
-    /// Goodput message size.
+    /// Goodput message size: a UDP datagram's payload, or a TCP write.
     pub size: u32,
     /// Goodput messages (0: no goodput measurement).
     pub count: u64,
@@ -802,6 +802,13 @@ pub struct Plan {
     pub rtt_size: u32,
     /// Round trips (0: none).
     pub rtt_count: u64,
+}
+
+/// What one endpoint runs: a client's [`Measurements`], or the server for them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Plan {
+    /// What the client measures (the server waits for as many sessions).
+    pub measure: Measurements,
     /// The server's address; `None` makes this endpoint the server.
     pub server: Option<Ipv4Addr>,
     /// The server's port.
@@ -812,13 +819,14 @@ impl Plan {
     /// The plan as the arguments of a `NetBench` workload (see `shm_ring::bootinfo`).
     pub fn to_args(&self) -> [u64; 6] {
         let server = self.server.map_or(0, |ip| u64::from(u32::from(ip)));
+        let measure = &self.measure;
         [
-            self.transport as u64,
-            u64::from(self.size) | u64::from(self.rtt_size) << 32,
-            self.count,
-            self.rtt_count,
+            measure.transport as u64,
+            u64::from(measure.size) | u64::from(measure.rtt_size) << 32,
+            measure.count,
+            measure.rtt_count,
             server | u64::from(self.port) << 32,
-            u64::from(self.duration_ms) | u64::from(self.window) << 32,
+            u64::from(measure.duration_ms) | u64::from(measure.window) << 32,
         ]
     }
 
@@ -827,13 +835,15 @@ impl Plan {
         let server = args[4] as u32;
         let port = (args[4] >> 32) as u16;
         Some(Plan {
-            transport: Transport::from_u32(args[0] as u32)?,
-            size: args[1] as u32,
-            count: args[2],
-            duration_ms: args[5] as u32,
-            window: (args[5] >> 32) as u32,
-            rtt_size: (args[1] >> 32) as u32,
-            rtt_count: args[3],
+            measure: Measurements {
+                transport: Transport::from_u32(args[0] as u32)?,
+                size: args[1] as u32,
+                count: args[2],
+                duration_ms: args[5] as u32,
+                window: (args[5] >> 32) as u32,
+                rtt_size: (args[1] >> 32) as u32,
+                rtt_count: args[3],
+            },
             server: (server != 0).then(|| Ipv4Addr::from(server)),
             port: if port == 0 { DEFAULT_PORT } else { port },
         })
@@ -841,7 +851,7 @@ impl Plan {
 
     /// The sessions a client of this plan opens (what its server waits for).
     pub fn sessions(&self) -> u64 {
-        u64::from(self.count != 0) + u64::from(self.rtt_count != 0)
+        u64::from(self.measure.count != 0) + u64::from(self.measure.rtt_count != 0)
     }
 }
 
@@ -882,24 +892,24 @@ pub fn run_plan(
     };
     let server = SocketAddrV4::new(server, plan.port);
     let mut report = PlanReport::default();
-    if plan.count != 0 {
+    if plan.measure.count != 0 {
         let params = ClientParams {
-            transport: plan.transport,
+            transport: plan.measure.transport,
             measure: Measure::Goodput,
-            size: plan.size,
-            count: plan.count,
-            duration_ns: u64::from(plan.duration_ms) * 1_000_000,
-            window: plan.window,
+            size: plan.measure.size,
+            count: plan.measure.count,
+            duration_ns: u64::from(plan.measure.duration_ms) * 1_000_000,
+            window: plan.measure.window,
             server,
         };
         report.goodput = Some(run_client(os, client, &params)?);
     }
-    if plan.rtt_count != 0 {
+    if plan.measure.rtt_count != 0 {
         let params = ClientParams {
-            transport: plan.transport,
+            transport: plan.measure.transport,
             measure: Measure::RoundTrip,
-            size: plan.rtt_size,
-            count: plan.rtt_count,
+            size: plan.measure.rtt_size,
+            count: plan.measure.rtt_count,
             duration_ns: 0,
             window: 0,
             server,
@@ -1055,13 +1065,15 @@ mod tests {
     #[test]
     fn plans_round_trip_through_workload_arguments() {
         let plan = Plan {
-            transport: Transport::Tcp,
-            size: 65536,
-            count: 1000,
-            duration_ms: 2500,
-            window: 512,
-            rtt_size: 64,
-            rtt_count: 300,
+            measure: Measurements {
+                transport: Transport::Tcp,
+                size: 65536,
+                count: 1000,
+                duration_ms: 2500,
+                window: 512,
+                rtt_size: 64,
+                rtt_count: 300,
+            },
             server: Some(Ipv4Addr::new(10, 77, 10, 1)),
             port: 6000,
         };
