@@ -18,7 +18,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
-use apps::rdma::{Handshake, Test, TestParams};
+use apps::rdma::{DEFAULT_QP_TIMEOUT, Handshake, Test, TestParams};
 use duovm_tests::{NetNs, config, kvm_available, run_command, source_root, tap_available};
 use host_agent::devices::pcap::{Captured, PcapWriter};
 use host_agent::devices::tap::Tap;
@@ -388,6 +388,9 @@ fn params(
         port: roce::oob::DEFAULT_PORT,
         mtu: Mtu::Mtu1024,
         handshake,
+        // ibv_rc_pingpong's and perftest's own: the peer is rxe, and the ping-pongs with loss
+        // recover from tail losses by this timer.
+        qp_timeout: DEFAULT_QP_TIMEOUT,
     }
 }
 

@@ -88,6 +88,7 @@ fn rdma_pair(
         port: 18515,
         mtu: roce::verbs::Mtu::Mtu1024,
         handshake: apps::rdma::Handshake::RcPingpong,
+        qp_timeout: apps::rdma::DEFAULT_QP_TIMEOUT,
     };
     type Results = Vec<(u8, Result<apps::rdma::TestReport, apps::rdma::TestError>)>;
     let results: Arc<Mutex<Results>> = Arc::default();

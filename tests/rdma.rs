@@ -25,6 +25,7 @@ fn run(
         iters,
         loss,
         mtu: Mtu::Mtu1024,
+        qp_timeout: None,
     };
     let (report, runs) = run_vms(
         &config([hello, hello]),
@@ -49,6 +50,19 @@ fn every_rdma_test_runs_between_two_vms() {
     run(Test::ReadLat, 2048, 10, 0.0, None);
     run(Test::AtomicLat, 8, 10, 0.0, None);
     run(Test::Pingpong, 1024, 10, 0.0, None);
+}
+
+#[test]
+fn a_full_window_between_vms_is_not_resent() {
+    if !kvm_available("a_full_window_between_vms_is_not_resent") {
+        return;
+    }
+    // 128 packets of 1 KiB: the whole window in flight at once. The emulated guests take
+    // milliseconds per packet, so at ibv_rc_pingpong's 67 ms the requester would resend
+    // packets that are only queued; the VM default waits long enough.
+    let report = run(Test::WriteBw, 65536, 2, 0.0, None);
+    assert_eq!(report.qp_timeout, host_agent::rdmabench::VM_QP_TIMEOUT);
+    assert_eq!(report.figures.retransmissions, 0, "{report:#?}");
 }
 
 #[test]

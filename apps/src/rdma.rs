@@ -115,6 +115,13 @@ impl Handshake {
     }
 }
 
+/// The QP's local ACK timeout unless told otherwise, as `ibv_rc_pingpong` and perftest set it:
+/// `4.096 µs << 14`, about 67 ms.
+pub const DEFAULT_QP_TIMEOUT: u8 = 14;
+
+/// The largest local ACK timeout (the attribute has 5 bits): `4.096 µs << 31`, about 2.4 hours.
+pub const MAX_QP_TIMEOUT: u8 = 31;
+
 /// What to run.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct TestParams {
@@ -134,6 +141,50 @@ pub struct TestParams {
     pub mtu: Mtu,
     /// The connection exchange.
     pub handshake: Handshake,
+    /// The QP's local ACK timeout: the requester resends what is not acknowledged after
+    /// `4.096 µs << qp_timeout` (0 waits forever; at most 31). A peer that takes long per
+    /// packet (an emulated guest) wants more than [`DEFAULT_QP_TIMEOUT`], or the requester
+    /// resends what is only queued.
+    pub qp_timeout: u8,
+}
+
+impl TestParams {
+    /// The parameters as the arguments and flags of an `RdmaTest` workload (see
+    /// `shm_ring::bootinfo`); `local` is not among them: the guest has it from its network
+    /// configuration.
+    pub fn to_args(&self) -> ([u64; 6], u32) {
+        let server = self.server.map_or(0, |ip| u64::from(u32::from(ip)));
+        let args = [
+            self.test as u64,
+            u64::from(self.size),
+            u64::from(self.iters),
+            server,
+            u64::from(self.port),
+            u64::from(self.mtu.bytes()) | u64::from(self.qp_timeout) << 32,
+        ];
+        (args, self.handshake as u32)
+    }
+
+    /// The parameters in a workload's arguments and flags, for the side at `local`; `None` if
+    /// the test is unknown. What is out of range takes its default: port
+    /// [`oob::DEFAULT_PORT`], MTU 1024, the `ibv_rc_pingpong` exchange, [`DEFAULT_QP_TIMEOUT`].
+    pub fn from_args(args: [u64; 6], flags: u32, local: Ipv4Addr) -> Option<TestParams> {
+        let port = u16::try_from(args[4]).unwrap_or(0);
+        Some(TestParams {
+            test: Test::from_u32(u32::try_from(args[0]).ok()?)?,
+            size: args[1] as u32,
+            iters: args[2] as u32,
+            server: (args[3] != 0).then(|| Ipv4Addr::from(args[3] as u32)),
+            local,
+            port: if port == 0 { oob::DEFAULT_PORT } else { port },
+            mtu: Mtu::from_bytes(args[5] as u32).unwrap_or(Mtu::Mtu1024),
+            handshake: Handshake::from_u32(flags).unwrap_or_default(),
+            qp_timeout: u8::try_from(args[5] >> 32)
+                .ok()
+                .filter(|timeout| *timeout <= MAX_QP_TIMEOUT)
+                .unwrap_or(DEFAULT_QP_TIMEOUT),
+        })
+    }
 }
 
 /// What a side measured.
@@ -479,15 +530,18 @@ fn set_up(device: &mut Device, region: u64, seed: u64) -> Result<Resources, Test
     })
 }
 
+/// Takes the QP to RTR with the peer's `remote` and `mtu`, then to RTS with
+/// `ibv_rc_pingpong`'s attributes and the local ACK timeout `qp_timeout`.
 fn connect(
     device: &mut Device,
     resources: &Resources,
     remote: &Destination,
-    mtu: Mtu,
+    (mtu, qp_timeout): (Mtu, u8),
 ) -> Result<(), TestError> {
     let (rtr, mask) = remote.rtr_attr(mtu);
     device.modify_qp(resources.qp, &rtr, mask)?;
-    let (rts, mask) = oob::rts_attr(resources.psn);
+    let (mut rts, mask) = oob::rts_attr(resources.psn);
+    rts.timeout = qp_timeout;
     device.modify_qp(resources.qp, &rts, mask)?;
     Ok(())
 }
@@ -670,7 +724,12 @@ pub fn run_test(
             let message = link.tcp_take(oob::MESSAGE_LEN)?;
             let remote = Destination::from_message(&message)
                 .map_err(|_| TestError::Exchange("bad connection message"))?;
-            connect(&mut link.device, &resources, &remote, params.mtu)?;
+            connect(
+                &mut link.device,
+                &resources,
+                &remote,
+                (params.mtu, params.qp_timeout),
+            )?;
             link.tcp_send_all(&own.to_message())?;
             if params.test.targets_server_memory() {
                 link.tcp_send_all(&memory_message(resources.rkey, resources.base))?;
@@ -702,7 +761,12 @@ pub fn run_test(
             } else {
                 None
             };
-            connect(&mut link.device, &resources, &remote, params.mtu)?;
+            connect(
+                &mut link.device,
+                &resources,
+                &remote,
+                (params.mtu, params.qp_timeout),
+            )?;
             link.tcp_send_all(&oob::DONE)?;
             log!(
                 link.os,
@@ -1203,6 +1267,44 @@ mod tests {
     use alloc::vec;
 
     use super::*;
+
+    #[test]
+    fn test_params_round_trip_through_workload_arguments() {
+        let local = Ipv4Addr::new(10, 77, 9, 1);
+        let params = TestParams {
+            test: Test::ReadLat,
+            size: 2048,
+            iters: 300,
+            server: Some(Ipv4Addr::new(10, 77, 9, 2)),
+            local,
+            port: 18600,
+            mtu: Mtu::Mtu512,
+            handshake: Handshake::Perftest,
+            qp_timeout: 18,
+        };
+        let (args, flags) = params.to_args();
+        assert_eq!(TestParams::from_args(args, flags, local), Some(params));
+        let server = TestParams {
+            server: None,
+            qp_timeout: 0,
+            ..params
+        };
+        let (args, flags) = server.to_args();
+        assert_eq!(TestParams::from_args(args, flags, local), Some(server));
+        // What is out of range takes its default; an unknown test is refused.
+        let (mut args, _) = params.to_args();
+        args[4] = 1 << 20;
+        args[5] = 7 | 32 << 32;
+        let odd = TestParams::from_args(args, 9, local).unwrap();
+        assert_eq!(odd.port, oob::DEFAULT_PORT);
+        assert_eq!(odd.mtu, Mtu::Mtu1024);
+        assert_eq!(odd.handshake, Handshake::RcPingpong);
+        assert_eq!(odd.qp_timeout, DEFAULT_QP_TIMEOUT);
+        args[0] = 0;
+        assert_eq!(TestParams::from_args(args, 0, local), None);
+        args[0] = 1 << 33;
+        assert_eq!(TestParams::from_args(args, 0, local), None);
+    }
 
     #[test]
     fn pattern_runs_match_the_byte_formula() {

@@ -3,11 +3,10 @@
 
 use core::net::Ipv4Addr;
 
-use apps::rdma::{Handshake, Test, TestParams, run_test};
+use apps::rdma::{TestParams, run_test};
 use apps::{NetClient, Outcome};
 use guest_rt::peer::Peer;
 use guest_rt::{Platform, println};
-use roce::verbs::Mtu;
 use shm_ring::control::report;
 
 use crate::net::GuestOs;
@@ -16,25 +15,13 @@ use crate::net::GuestOs;
 pub fn run(platform: &Platform, peer: &Peer, os: &mut GuestOs, client: &mut NetClient) -> Outcome {
     let info = &platform.boot_info;
     let args = info.workload.args;
-    let Some(test) = Test::from_u32(args[0] as u32) else {
+    let local = Ipv4Addr::from(info.net.ipv4);
+    let Some(params) = TestParams::from_args(args, info.workload.flags, local) else {
         println!("rdma: unknown test {}", args[0]);
         return Outcome::Failed;
     };
-    let server = (args[3] != 0).then(|| Ipv4Addr::from(args[3] as u32));
-    let params = TestParams {
-        test,
-        size: args[1] as u32,
-        iters: args[2] as u32,
-        server,
-        local: Ipv4Addr::from(info.net.ipv4),
-        port: if args[4] == 0 {
-            roce::oob::DEFAULT_PORT
-        } else {
-            args[4] as u16
-        },
-        mtu: Mtu::from_bytes(args[5] as u32).unwrap_or(Mtu::Mtu1024),
-        handshake: Handshake::from_u32(info.workload.flags).unwrap_or_default(),
-    };
+    let test = params.test;
+    let server = params.server;
     let role = if server.is_some() { "client" } else { "server" };
     println!(
         "rdma: {} {role}, {} x {} bytes, MTU {}",

@@ -298,6 +298,7 @@ pub fn run(
         iters,
         loss: 0.0,
         mtu: RDMA_MTU,
+        qp_timeout: None,
     };
     let rdmas = [
         rdma(Test::WriteBw, RDMA_SIZE, params.rdma_iters),

@@ -20,19 +20,11 @@ use crate::vm::{RunReport, Vm, VmConfig, VmError};
 
 /// OS A's workload that runs `params` (the local address comes from the VM's network).
 pub fn workload(params: &TestParams) -> Workload {
+    let (args, flags) = params.to_args();
     Workload {
         kind: WorkloadKind::RdmaTest as u32,
-        flags: params.handshake as u32,
-        args: [
-            params.test as u64,
-            u64::from(params.size),
-            u64::from(params.iters),
-            params
-                .server
-                .map_or(0, |server| u64::from(u32::from(server))),
-            u64::from(params.port),
-            u64::from(params.mtu.bytes()),
-        ],
+        flags,
+        args,
     }
 }
 
@@ -220,6 +212,8 @@ pub struct EndpointReport {
     pub iters: u32,
     /// Path MTU asked for.
     pub mtu: u32,
+    /// The QP's local ACK timeout exponent (`4.096 µs << qp_timeout`).
+    pub qp_timeout: u8,
     /// What this endpoint measured (its own retransmissions).
     #[serde(flatten)]
     pub figures: Figures,
@@ -246,6 +240,7 @@ impl EndpointReport {
             size: params.size,
             iters: params.iters,
             mtu: params.mtu.bytes(),
+            qp_timeout: params.qp_timeout,
             figures: Figures::of(&result),
             verified: result.verified && result.messages == u64::from(params.iters),
         }

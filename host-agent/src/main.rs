@@ -61,8 +61,8 @@ enum Command {
     /// over TCP 18515 as ibv_rc_pingpong does and run the test, checking every byte and
     /// completion. Without --native each endpoint is a VM (OS A runs the verbs engine, OS B
     /// carries its RoCEv2 packets); with --native the same engines run as host threads.
-    /// JSON keys: test, mode, size, iters, mtu, loss, messages, bytes, seconds, gbit_per_sec,
-    /// messages_per_sec, lat_p50_us, lat_p99_us, retransmissions, verified.
+    /// JSON keys: test, mode, size, iters, mtu, qp_timeout, loss, messages, bytes, seconds,
+    /// gbit_per_sec, messages_per_sec, lat_p50_us, lat_p99_us, retransmissions, verified.
     RdmaBench(RdmaBenchArgs),
     /// Measure UDP or TCP goodput and small-message round trips through OS B's network service.
     ///
@@ -107,8 +107,9 @@ enum Command {
     /// for instance on a Linux host running the rdma_rxe (SoftRoCE) driver. Without --server
     /// this endpoint is the server (rc_pingpong's exchange only). Size and iterations must
     /// match the peer's (-s, -n). See docs/INTEROP.md.
-    /// JSON keys: test, mode, handshake, role, peer, size, iters, mtu, messages, bytes, seconds,
-    /// gbit_per_sec, messages_per_sec, lat_p50_us, lat_p99_us, retransmissions, verified.
+    /// JSON keys: test, mode, handshake, role, peer, size, iters, mtu, qp_timeout, messages,
+    /// bytes, seconds, gbit_per_sec, messages_per_sec, lat_p50_us, lat_p99_us, retransmissions,
+    /// verified.
     Rdma(RdmaArgs),
     /// Measure the two exit paths: fast (on the vCPU thread) and supervisor (handed over).
     ///
@@ -249,6 +250,11 @@ struct RdmaBenchArgs {
     /// Path MTU (256, 512, 1024, 2048 or 4096; at most 1024 on the 1500-byte switch).
     #[arg(long, default_value_t = 1024)]
     mtu: u32,
+    /// The QPs' local ACK timeout: unacknowledged packets are resent after 4.096 µs << N
+    /// (perftest's -u; 0 waits forever). Default: 14 (67 ms) natively, 18 (1.07 s) in VMs,
+    /// whose emulated guests take milliseconds per packet.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u8).range(0..=31))]
+    qp_timeout: Option<u8>,
     /// Run the engines as host threads instead of in VMs.
     #[arg(long)]
     native: bool,
@@ -384,6 +390,10 @@ struct RdmaArgs {
     /// Path MTU (256, 512, 1024, 2048 or 4096; 1024 fits a 1500-byte link).
     #[arg(long, default_value_t = 1024)]
     mtu: u32,
+    /// The QP's local ACK timeout: unacknowledged packets are resent after 4.096 µs << N
+    /// (perftest's -u; 0 waits forever). Default: 14 (67 ms) natively, 18 (1.07 s) in a VM.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u8).range(0..=31))]
+    qp_timeout: Option<u8>,
     /// The connection exchange the peer speaks.
     #[arg(long, value_enum, default_value = "rc-pingpong")]
     handshake: HandshakeArg,
@@ -622,12 +632,13 @@ fn ring_bench(args: &RingBenchArgs) -> Result<bool> {
 
 fn print_rdma_report(report: &RdmaBenchReport) {
     println!(
-        "rdma: {} ({}), {} x {} B, MTU {}, loss {}: {}",
+        "rdma: {} ({}), {} x {} B, MTU {}, QP timeout {}, loss {}: {}",
         report.test,
         report.mode,
         report.figures.messages,
         report.size,
         report.mtu,
+        qp_timeout_text(report.qp_timeout),
         report.loss,
         if report.verified {
             "every byte and completion verified"
@@ -636,6 +647,19 @@ fn print_rdma_report(report: &RdmaBenchReport) {
         }
     );
     print_figures(&report.figures);
+}
+
+/// A local ACK timeout as people read it: `18 (1.07 s)`.
+fn qp_timeout_text(timeout: u8) -> String {
+    if timeout == 0 {
+        return "0 (never)".to_owned();
+    }
+    let seconds = (4096u64 << timeout.min(31)) as f64 / 1e9;
+    if seconds < 1.0 {
+        format!("{timeout} ({:.0} ms)", seconds * 1e3)
+    } else {
+        format!("{timeout} ({seconds:.2} s)")
+    }
 }
 
 fn print_figures(figures: &Figures) {
@@ -675,6 +699,7 @@ fn rdma_bench(args: &RdmaBenchArgs) -> Result<bool> {
         iters: args.iters,
         loss: args.loss,
         mtu,
+        qp_timeout: args.qp_timeout,
     };
     let report = if args.native {
         let echo = !args.vm.quiet && !args.vm.json;
@@ -922,6 +947,11 @@ fn rdma(args: &RdmaArgs) -> Result<bool> {
         port: args.port,
         mtu,
         handshake,
+        qp_timeout: args.qp_timeout.unwrap_or(if args.native {
+            apps::rdma::DEFAULT_QP_TIMEOUT
+        } else {
+            rdmabench::VM_QP_TIMEOUT
+        }),
     };
     let identity = Identity {
         mac: args.mac,
@@ -974,7 +1004,7 @@ fn rdma(args: &RdmaArgs) -> Result<bool> {
         println!("{}", serde_json::to_string(&report)?);
     } else {
         println!(
-            "rdma: {} {} ({}, {} exchange) with {}: {} x {} B, MTU {}: {}",
+            "rdma: {} {} ({}, {} exchange) with {}: {} x {} B, MTU {}, QP timeout {}: {}",
             report.test,
             report.role,
             report.mode,
@@ -983,6 +1013,7 @@ fn rdma(args: &RdmaArgs) -> Result<bool> {
             report.figures.messages,
             report.size,
             report.mtu,
+            qp_timeout_text(report.qp_timeout),
             if report.verified {
                 "every completion and check passed"
             } else {
@@ -1155,6 +1186,7 @@ fn demo(args: &DemoArgs) -> Result<bool> {
             iters,
             loss: 0.0,
             mtu: Mtu::Mtu1024,
+            qp_timeout: None,
         };
         let config = args.vm.config(images.clone(), [Workload::default(); 2])?;
         let (report, runs) = rdmabench::run_vms(
@@ -1194,6 +1226,7 @@ fn demo(args: &DemoArgs) -> Result<bool> {
             iters,
             loss: 0.0,
             mtu: Mtu::Mtu1024,
+            qp_timeout: None,
         };
         let (report, logs) =
             rdmabench::run_native(&params, host_agent::native::DEFAULT_IDLE_SPIN, false)?;

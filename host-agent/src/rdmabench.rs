@@ -9,7 +9,7 @@ use std::net::Ipv4Addr;
 use std::time::Duration;
 
 use apps::Outcome;
-use apps::rdma::{Handshake, Test, TestParams, TestReport};
+use apps::rdma::{DEFAULT_QP_TIMEOUT, Handshake, Test, TestParams, TestReport};
 use roce::verbs::Mtu;
 use serde::Serialize;
 use shm_ring::bootinfo::{Workload, WorkloadKind};
@@ -34,6 +34,26 @@ pub struct RdmaBenchParams {
     pub loss: f64,
     /// Path MTU.
     pub mtu: Mtu,
+    /// The QPs' local ACK timeout (`4.096 µs << qp_timeout`); `None`: [`DEFAULT_QP_TIMEOUT`]
+    /// natively, [`VM_QP_TIMEOUT`] in VMs.
+    pub qp_timeout: Option<u8>,
+}
+
+/// The local ACK timeout in VMs unless told otherwise: `4.096 µs << 18`, about 1.07 s. An
+/// emulated guest spends milliseconds on a packet, so 128 packets in flight take about half a
+/// second to be acknowledged; at `ibv_rc_pingpong`'s 67 ms the requester would resend what is
+/// only queued (measured: a third of all packets of a `write_bw` run).
+pub const VM_QP_TIMEOUT: u8 = 18;
+
+impl RdmaBenchParams {
+    /// The local ACK timeout for a run in VMs (`vm`) or natively.
+    pub fn qp_timeout(&self, vm: bool) -> u8 {
+        self.qp_timeout.unwrap_or(if vm {
+            VM_QP_TIMEOUT
+        } else {
+            DEFAULT_QP_TIMEOUT
+        })
+    }
 }
 
 /// The result, with stable JSON keys.
@@ -49,6 +69,8 @@ pub struct RdmaBenchReport {
     pub iters: u32,
     /// Path MTU.
     pub mtu: u32,
+    /// The QPs' local ACK timeout exponent.
+    pub qp_timeout: u8,
     /// Frame loss injected.
     pub loss: f64,
     /// The client's figures; `retransmissions` counts both sides'.
@@ -74,6 +96,7 @@ impl RdmaBenchReport {
             size: params.size,
             iters: params.iters,
             mtu: params.mtu.bytes(),
+            qp_timeout: params.qp_timeout(mode == "vm"),
             loss: params.loss,
             figures,
             verified: both_ok
@@ -96,7 +119,7 @@ fn identity(index: u8) -> Identity {
 }
 
 /// What endpoint `index` runs.
-fn side_params(params: &RdmaBenchParams, index: u8) -> TestParams {
+fn side_params(params: &RdmaBenchParams, index: u8, vm: bool) -> TestParams {
     TestParams {
         test: params.test,
         size: params.size,
@@ -106,6 +129,7 @@ fn side_params(params: &RdmaBenchParams, index: u8) -> TestParams {
         port: roce::oob::DEFAULT_PORT,
         mtu: params.mtu,
         handshake: Handshake::RcPingpong,
+        qp_timeout: params.qp_timeout(vm),
     }
 }
 
@@ -136,7 +160,7 @@ pub fn run_vms(
                 ..Workload::default()
             };
             let mut config = base.clone();
-            config.workloads = [workload(&side_params(params, index)), service];
+            config.workloads = [workload(&side_params(params, index, true)), service];
             config.net = identity(index).net_config();
             let capture = match capture {
                 Some(path) if index == 2 => Some(
@@ -169,8 +193,12 @@ pub fn run_native(
     let mut slots = Vec::new();
     for index in [1u8, 2] {
         let backend = Box::new(switch.port(Some(identity(index).mac))?);
-        let (mut member, slot) =
-            native_member(&side_params(params, index), identity(index), backend, echo);
+        let (mut member, slot) = native_member(
+            &side_params(params, index, false),
+            identity(index),
+            backend,
+            echo,
+        );
         member.tag = format!("n{index}");
         member.idle_spin = idle_spin;
         handles.push(spawn(member)?);

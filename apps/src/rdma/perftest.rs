@@ -110,7 +110,12 @@ pub(super) fn run<O: Os>(
         psn: keys.psn,
         gid: keys.gid,
     };
-    connect(&mut link.device, resources, &remote, mtu)?;
+    connect(
+        &mut link.device,
+        resources,
+        &remote,
+        (mtu, params.qp_timeout),
+    )?;
     for _ in 1..perftest::setup_handshakes(program) {
         exchange(link, &own)?;
     }
