@@ -1102,7 +1102,56 @@ fn known_flags(value: u32, known: u32) -> Result<u32, ErrorCode> {
     }
 }
 
-/// Writes `header` and `payload` into `out`; returns the length.
+/// What [`Request`] and [`Event`] are made of, as emitting them needs it.
+trait Message {
+    /// The same message type, borrowing other bytes.
+    type Parsed<'b>: Message;
+
+    /// The descriptor's `flags`: the message kind.
+    fn flags(&self) -> u32;
+    /// Length of the kind's fixed header.
+    fn header_len(&self) -> usize;
+    /// The descriptor's `meta`.
+    fn meta(&self) -> u32;
+    /// The payload after the fixed header.
+    fn payload(&self) -> &[u8];
+    /// The fixed header's bytes.
+    fn header(&self) -> HeaderBytes;
+    /// Parses a message of this type.
+    fn parse<'b>(flags: u32, meta: u32, bytes: &'b [u8]) -> Result<Self::Parsed<'b>, ErrorCode>;
+
+    /// Bytes of the whole message.
+    fn buffer_len(&self) -> usize {
+        self.header_len() + self.payload().len()
+    }
+
+    /// Where the message goes in its descriptor.
+    fn head(&self) -> Head {
+        Head {
+            flags: self.flags(),
+            meta: self.meta(),
+            len: self.buffer_len() as u32,
+        }
+    }
+
+    /// The fixed parts.
+    fn frame(&self) -> Frame {
+        Frame {
+            head: self.head(),
+            header: self.header(),
+            payload_len: self.payload().len(),
+        }
+    }
+}
+
+/// Writes `message` into the front of `out`, checking that it parses back to the same.
+fn emit_message<M: Message>(message: &M, out: &mut [u8]) -> Result<Head, EmitError> {
+    let frame = message.frame();
+    emit_checked(out, &frame, message.payload(), |bytes| {
+        M::parse(frame.head.flags, frame.head.meta, bytes).map(|parsed| parsed.frame())
+    })
+}
+
 /// The fixed parts of a message: where it goes, its header, how long its payload is.
 struct Frame {
     head: Head,
@@ -1135,6 +1184,7 @@ fn emit_checked(
     }
 }
 
+/// Writes `header` and `payload` into `out`; returns the length.
 fn emit_parts(out: &mut [u8], header: &[u8], payload: &[u8]) -> Result<usize, EmitError> {
     let needed = header.len() + payload.len();
     let actual = out.len();
@@ -1351,33 +1401,46 @@ impl<'a> Request<'a> {
 
     /// Bytes of the whole message (header and payload).
     pub fn buffer_len(&self) -> usize {
-        self.kind().header_len() + self.payload().len()
+        Message::buffer_len(self)
     }
 
     /// Where the message goes in its descriptor.
     pub fn head(&self) -> Head {
-        Head {
-            flags: self.kind() as u32,
-            meta: self.meta(),
-            len: self.buffer_len() as u32,
-        }
+        Message::head(self)
     }
 
     /// Writes the message into the front of `out` and returns its [`Head`]. The result parses
     /// back to `self`, or this fails with [`EmitError::Invalid`].
     pub fn emit(&self, out: &mut [u8]) -> Result<Head, EmitError> {
-        let frame = Frame {
-            head: self.head(),
-            header: self.header(),
-            payload_len: self.payload().len(),
-        };
-        emit_checked(out, &frame, self.payload(), |bytes| {
-            Request::parse(frame.head.flags, frame.head.meta, bytes).map(|parsed| Frame {
-                head: parsed.head(),
-                header: parsed.header(),
-                payload_len: parsed.payload().len(),
-            })
-        })
+        emit_message(self, out)
+    }
+}
+
+impl<'a> Message for Request<'a> {
+    type Parsed<'b> = Request<'b>;
+
+    fn flags(&self) -> u32 {
+        self.kind() as u32
+    }
+
+    fn header_len(&self) -> usize {
+        self.kind().header_len()
+    }
+
+    fn meta(&self) -> u32 {
+        Request::meta(self)
+    }
+
+    fn payload(&self) -> &[u8] {
+        Request::payload(self)
+    }
+
+    fn header(&self) -> HeaderBytes {
+        Request::header(self)
+    }
+
+    fn parse<'b>(flags: u32, meta: u32, bytes: &'b [u8]) -> Result<Request<'b>, ErrorCode> {
+        Request::parse(flags, meta, bytes)
     }
 }
 
@@ -1748,33 +1811,46 @@ impl<'a> Event<'a> {
 
     /// Bytes of the whole message (header and payload).
     pub fn buffer_len(&self) -> usize {
-        self.kind().header_len() + self.payload().len()
+        Message::buffer_len(self)
     }
 
     /// Where the message goes in its descriptor.
     pub fn head(&self) -> Head {
-        Head {
-            flags: self.kind() as u32,
-            meta: self.meta(),
-            len: self.buffer_len() as u32,
-        }
+        Message::head(self)
     }
 
     /// Writes the message into the front of `out` and returns its [`Head`]. The result parses
     /// back to `self`, or this fails with [`EmitError::Invalid`].
     pub fn emit(&self, out: &mut [u8]) -> Result<Head, EmitError> {
-        let frame = Frame {
-            head: self.head(),
-            header: self.header(),
-            payload_len: self.payload().len(),
-        };
-        emit_checked(out, &frame, self.payload(), |bytes| {
-            Event::parse(frame.head.flags, frame.head.meta, bytes).map(|parsed| Frame {
-                head: parsed.head(),
-                header: parsed.header(),
-                payload_len: parsed.payload().len(),
-            })
-        })
+        emit_message(self, out)
+    }
+}
+
+impl<'a> Message for Event<'a> {
+    type Parsed<'b> = Event<'b>;
+
+    fn flags(&self) -> u32 {
+        self.kind() as u32
+    }
+
+    fn header_len(&self) -> usize {
+        self.kind().header_len()
+    }
+
+    fn meta(&self) -> u32 {
+        Event::meta(self)
+    }
+
+    fn payload(&self) -> &[u8] {
+        Event::payload(self)
+    }
+
+    fn header(&self) -> HeaderBytes {
+        Event::header(self)
+    }
+
+    fn parse<'b>(flags: u32, meta: u32, bytes: &'b [u8]) -> Result<Event<'b>, ErrorCode> {
+        Event::parse(flags, meta, bytes)
     }
 }
 
