@@ -1,7 +1,8 @@
 //! RDMA between two VMs on the built-in switch: every test (and so every opcode: SEND,
-//! SEND_WITH_IMM, RDMA_WRITE, RDMA_WRITE_WITH_IMM, RDMA_READ, FETCH_AND_ADD) end to end with
-//! OS A's verbs engine and OS B carrying the RoCEv2 packets, every byte and completion
-//! checked on both sides; and the captured traffic decodes in tshark.
+//! SEND_WITH_IMM, RDMA_WRITE, RDMA_WRITE_WITH_IMM (the end of `write_bw`), RDMA_READ,
+//! FETCH_AND_ADD, CMP_AND_SWP (the end of `atomic_lat`)) end to end with OS A's verbs engine
+//! and OS B carrying the RoCEv2 packets, every byte and completion checked on both sides; and
+//! the captured traffic decodes in tshark.
 
 use std::time::Duration;
 
@@ -106,7 +107,12 @@ fn captured_rdma_traffic_decodes_as_roce_in_tshark() {
     let _ = std::fs::remove_file(&path);
     let text = String::from_utf8_lossy(&output.stdout);
     let lines: Vec<&str> = text.lines().collect();
-    // RDMA WRITE FIRST/MIDDLE/LAST (6, 7, 8) from the client, ACKs (17) from the server.
+    // RDMA WRITE FIRST/MIDDLE/LAST (6, 7, 8) from the client, ACKs (17) from the server, and
+    // the client's closing RDMA WRITE ONLY with immediate (11).
+    assert!(
+        lines.iter().any(|l| l.starts_with("11\t") || l == &"11"),
+        "{text}"
+    );
     assert!(
         lines.iter().any(|l| l.starts_with("6\t") || l == &"6"),
         "{text}"

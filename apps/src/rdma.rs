@@ -21,8 +21,8 @@ use netsvc::netmsg::Event;
 use roce::oob::{self, Destination};
 use roce::verbs::{
     AccessFlags, CqHandle, Device, DeviceConfig, Gid, MrHandle, Mtu, QpAttr, QpAttrMask, QpCap,
-    QpHandle, QpInitAttr, QpState, RecvWr, SendWr, Sge, WcFlags, WcOpcode, WcStatus,
-    WorkCompletion, WrOperation,
+    QpHandle, QpInitAttr, QpState, RecvWr, SendWr, Sge, WcFlags, WcStatus, WorkCompletion,
+    WrOperation,
 };
 
 use crate::{NetClient, Os, log, percentile};
@@ -35,7 +35,7 @@ mod perftest;
 pub enum Test {
     /// RDMA WRITE bandwidth.
     WriteBw = 1,
-    /// RDMA WRITE (with immediate) ping-pong latency.
+    /// RDMA WRITE ping-pong latency, as `ib_write_lat` measures it.
     WriteLat = 2,
     /// RDMA READ latency.
     ReadLat = 3,
@@ -609,10 +609,14 @@ fn latency_report(
     }
 }
 
-/// The server region's remote key and address, as the server appends them.
-fn memory_message(rkey: u32, addr: u64) -> [u8; 26] {
+/// Length of [`memory_message`]'s message.
+const MEMORY_MESSAGE_LEN: usize = 26;
+
+/// A region's remote key and address, as the server appends them to its connection message
+/// (and, for `write_lat`, the client to its own).
+fn memory_message(rkey: u32, addr: u64) -> [u8; MEMORY_MESSAGE_LEN] {
     const HEX: &[u8; 16] = b"0123456789abcdef";
-    let mut out = [0u8; 26];
+    let mut out = [0u8; MEMORY_MESSAGE_LEN];
     for (index, shift) in (0..8).rev().enumerate() {
         out[index] = HEX[((rkey >> (shift * 4)) & 0xf) as usize];
     }
@@ -657,6 +661,12 @@ pub fn run_test(
         let bytes = device.mr_mut(resources.mr)?.as_mut_slice();
         let len = bytes.len().min(size as usize);
         fill_pattern(&mut bytes[..len], 0);
+    }
+    if params.test == Test::WriteLat {
+        // The slot the peer's messages land in holds no count before the peer can write (its
+        // first WRITE may come before this side's exchange is over).
+        let len = (size as usize).min(region as usize);
+        device.mr_mut(resources.mr)?.as_mut_slice()[..len].fill(0);
     }
     // Receives go up before the connection exchange, as rc_pingpong posts them, so the
     // peer's first SEND never finds an empty receive queue.
@@ -734,6 +744,16 @@ pub fn run_test(
             if params.test.targets_server_memory() {
                 link.tcp_send_all(&memory_message(resources.rkey, resources.base))?;
             }
+            // In write_lat the server WRITEs back: the client's memory follows its message.
+            let client_memory = if params.test == Test::WriteLat {
+                let message = link.tcp_take(MEMORY_MESSAGE_LEN)?;
+                Some(
+                    parse_memory_message(&message)
+                        .ok_or(TestError::Exchange("bad memory message"))?,
+                )
+            } else {
+                None
+            };
             let done = link.tcp_take(oob::DONE.len())?;
             if !oob::is_done(&done) {
                 return Err(TestError::Exchange("no done from the client"));
@@ -744,7 +764,7 @@ pub fn run_test(
                 remote.qpn,
                 remote.gid.to_ipv4().unwrap_or(Ipv4Addr::UNSPECIFIED)
             );
-            None
+            client_memory
         }
         Some(server) => {
             link.connect_exchange(SocketAddrV4::new(server, params.port))?;
@@ -753,7 +773,7 @@ pub fn run_test(
             let remote = Destination::from_message(&message)
                 .map_err(|_| TestError::Exchange("bad connection message"))?;
             let memory = if params.test.targets_server_memory() {
-                let message = link.tcp_take(26)?;
+                let message = link.tcp_take(MEMORY_MESSAGE_LEN)?;
                 Some(
                     parse_memory_message(&message)
                         .ok_or(TestError::Exchange("bad memory message"))?,
@@ -767,6 +787,9 @@ pub fn run_test(
                 &remote,
                 (params.mtu, params.qp_timeout),
             )?;
+            if params.test == Test::WriteLat {
+                link.tcp_send_all(&memory_message(resources.rkey, resources.base))?;
+            }
             link.tcp_send_all(&oob::DONE)?;
             log!(
                 link.os,
@@ -781,19 +804,22 @@ pub fn run_test(
     }
 
     let outcome = match (params.server.is_some(), params.test) {
+        (is_client, Test::WriteLat) => {
+            let memory = remote_memory.ok_or(TestError::Exchange("no peer memory"))?;
+            write_lat(&mut link, &resources, params, size, memory, is_client)
+        }
         (false, test) => serve(&mut link, &resources, params, size, test),
         (true, Test::WriteBw) => {
             let memory = remote_memory.ok_or(TestError::Exchange("no server memory"))?;
             write_bw(&mut link, &resources, params, size, memory, SLOTS)
-                .and_then(|report| say_done(&mut link, &resources).map(|()| report))
+                .and_then(|report| say_done(&mut link, &resources, Some(memory)).map(|()| report))
         }
         (true, Test::SendBw) => send_bw(&mut link, &resources, params, size)
-            .and_then(|report| say_done(&mut link, &resources).map(|()| report)),
-        (true, Test::WriteLat) => write_lat(&mut link, &resources, params, size, remote_memory),
+            .and_then(|report| say_done(&mut link, &resources, None).map(|()| report)),
         (true, Test::ReadLat | Test::AtomicLat) => {
             let memory = remote_memory.ok_or(TestError::Exchange("no server memory"))?;
             read_or_atomic_lat(&mut link, &resources, params, size, memory, Expect::Pattern)
-                .and_then(|report| say_done(&mut link, &resources).map(|()| report))
+                .and_then(|report| say_done(&mut link, &resources, None).map(|()| report))
         }
         (true, Test::Pingpong) => pingpong(&mut link, &resources, params, size, true),
     };
@@ -852,39 +878,6 @@ fn serve<O: Os>(
     if test == Test::Pingpong {
         return pingpong(link, resources, params, size, false);
     }
-    if test == Test::WriteLat {
-        // Answer each WRITE_WITH_IMM with a zero-length SEND_WITH_IMM; the client waits for it
-        // as a receive completion. Own SEND completions may interleave: skip them.
-        let mut report = TestReport {
-            verified: true,
-            ..TestReport::default()
-        };
-        let start = link.os.now_ns();
-        loop {
-            let completion =
-                link.completions(resources.cq, 1, "waiting for the client's write")?[0];
-            if completion.opcode != WcOpcode::RecvRdmaWithImm {
-                continue;
-            }
-            if completion.imm_data == DONE_IMM {
-                break;
-            }
-            report.messages += 1;
-            post_recv(&mut link.device, resources, report.messages, 0, 0)?;
-            let imm_data = completion.imm_data;
-            post_send(
-                &mut link.device,
-                resources,
-                report.messages,
-                WrOperation::SendWithImm { imm_data },
-                0,
-                0,
-            )?;
-        }
-        report.elapsed_ns = link.os.now_ns() - start;
-        report.verified = report.messages == iters;
-        return Ok(report);
-    }
     let mut report = TestReport {
         verified: true,
         ..TestReport::default()
@@ -932,7 +925,7 @@ fn serve<O: Os>(
         }
         Test::AtomicLat => {
             let word = u64::from_le_bytes(memory[..8].try_into().unwrap_or([0; 8]));
-            report.verified &= word == iters;
+            report.verified &= word == swapped_counter(iters);
             report.messages = iters;
         }
         Test::SendBw => report.verified &= next_message == iters,
@@ -948,16 +941,23 @@ fn serve<O: Os>(
     Ok(report)
 }
 
-/// Sends the client's final SEND with [`DONE_IMM`].
-fn say_done<O: Os>(link: &mut Link<'_, O>, resources: &Resources) -> Result<(), TestError> {
-    post_send(
-        &mut link.device,
-        resources,
-        u64::MAX,
-        WrOperation::SendWithImm { imm_data: DONE_IMM },
-        0,
-        0,
-    )?;
+/// Tells the server the test is over with [`DONE_IMM`]: an empty RDMA WRITE with immediate
+/// into `memory` (a WRITE test's), or else an empty SEND with immediate. Either consumes the
+/// server's receive and completes there with the immediate.
+fn say_done<O: Os>(
+    link: &mut Link<'_, O>,
+    resources: &Resources,
+    memory: Option<(u32, u64)>,
+) -> Result<(), TestError> {
+    let operation = match memory {
+        Some((rkey, remote_addr)) => WrOperation::RdmaWriteWithImm {
+            remote_addr,
+            rkey,
+            imm_data: DONE_IMM,
+        },
+        None => WrOperation::SendWithImm { imm_data: DONE_IMM },
+    };
+    post_send(&mut link.device, resources, u64::MAX, operation, 0, 0)?;
     link.completions(resources.cq, 1, "sending done")?;
     Ok(())
 }
@@ -1057,52 +1057,85 @@ fn send_bw<O: Os>(
     )
 }
 
+/// `write_lat` as perftest's `ib_write_lat` runs it: plain RDMA WRITEs both ways, each side
+/// polling its own memory for the last byte of the peer's next message (its count, modulo
+/// 256) and waiting for its own WRITE's completion (the ACK) before it goes on; the client
+/// WRITEs first and times each round trip. Messages land at the start of the peer's region
+/// and go out from [`write_lat_outgoing`]; each carries the pattern of its count, checked on
+/// arrival (the last byte lands last: a responder places packets in PSN order).
 fn write_lat<O: Os>(
     link: &mut Link<'_, O>,
     resources: &Resources,
     params: &TestParams,
     size: u32,
-    memory: Option<(u32, u64)>,
+    (rkey, remote): (u32, u64),
+    is_client: bool,
 ) -> Result<TestReport, TestError> {
-    let (rkey, remote) = memory.ok_or(TestError::Exchange("no server memory"))?;
     let iters = u64::from(params.iters);
-    let mut samples = Vec::with_capacity(iters as usize);
-    fill(link, resources, 0, size, 0)?;
+    let len = size as usize;
+    let outgoing = write_lat_outgoing(size);
+    let mut samples = Vec::with_capacity(if is_client { iters as usize } else { 0 });
+    let mut verified = true;
     let start = link.os.now_ns();
-    for index in 0..iters {
-        post_recv(&mut link.device, resources, index, 0, 0)?;
+    for count in 1..=iters {
+        if !is_client {
+            verified &= wait_for_write(link, resources, len, count)?;
+        }
         let sent = link.os.now_ns();
+        {
+            let mr = link.device.mr_mut(resources.mr)?;
+            let message = &mut mr.as_mut_slice()[outgoing..outgoing + len];
+            fill_pattern(message, count);
+            message[len - 1] = count as u8;
+        }
         post_send(
             &mut link.device,
             resources,
-            index,
-            WrOperation::RdmaWriteWithImm {
+            count,
+            WrOperation::RdmaWrite {
                 remote_addr: remote,
                 rkey,
-                imm_data: index as u32,
             },
-            0,
+            outgoing as u64,
             size,
         )?;
-        // The WRITE's completion and the server's answer, in either order.
-        link.completions(resources.cq, 2, "waiting for the answer")?;
-        samples.push((link.os.now_ns() - sent) / 2);
+        link.completions(resources.cq, 1, "waiting for the WRITE to complete")?;
+        if is_client {
+            verified &= wait_for_write(link, resources, len, count)?;
+            samples.push((link.os.now_ns() - sent) / 2);
+        }
     }
     let elapsed_ns = link.os.now_ns() - start;
-    post_send(
-        &mut link.device,
-        resources,
-        u64::MAX,
-        WrOperation::RdmaWriteWithImm {
-            remote_addr: remote,
-            rkey,
-            imm_data: DONE_IMM,
-        },
-        0,
-        0,
-    )?;
-    link.completions(resources.cq, 1, "sending done")?;
-    Ok(latency_report(iters, size, elapsed_ns, samples, true))
+    if !verified {
+        log!(link.os, "rdma: write_lat: a message arrived damaged");
+    }
+    Ok(latency_report(iters, size, elapsed_ns, samples, verified))
+}
+
+/// Where a `write_lat` side's outgoing message lies in its region: after the incoming one.
+fn write_lat_outgoing(size: u32) -> usize {
+    (size as usize).next_multiple_of(64)
+}
+
+/// Waits until the peer's `write_lat` message `count` has landed; returns whether it carries
+/// the pattern of `count`.
+fn wait_for_write<O: Os>(
+    link: &mut Link<'_, O>,
+    resources: &Resources,
+    len: usize,
+    count: u64,
+) -> Result<bool, TestError> {
+    let mr = resources.mr;
+    let mark = count as u8;
+    link.until("waiting for the peer's WRITE", |link| {
+        link.device
+            .mr(mr)
+            .is_ok_and(|mr| mr.as_slice()[len - 1] == mark)
+    })?;
+    Ok(has_pattern(
+        &link.device.mr(mr)?.as_slice()[..len - 1],
+        count,
+    ))
 }
 
 /// What READs and atomics should find in the server's memory.
@@ -1164,6 +1197,9 @@ fn read_or_atomic_lat<O: Os>(
         };
     }
     let elapsed_ns = link.os.now_ns() - start;
+    if expect == Expect::Pattern && params.test == Test::AtomicLat {
+        verified &= swap_counter(link, resources, (rkey, remote), iters)?;
+    }
     if !verified {
         log!(
             link.os,
@@ -1172,6 +1208,39 @@ fn read_or_atomic_lat<O: Os>(
         );
     }
     Ok(latency_report(iters, size, elapsed_ns, samples, verified))
+}
+
+/// The counter a duovm `atomic_lat` server holds at the end of `iters` FETCH_AND_ADDs: the
+/// client swaps the count for its complement (see [`swap_counter`]).
+fn swapped_counter(iters: u64) -> u64 {
+    !iters
+}
+
+/// Ends a duovm `atomic_lat` with two CMP_AND_SWPs of the counter (`iters` after the
+/// FETCH_AND_ADDs): one that compares wrong and leaves it, one that swaps it for
+/// [`swapped_counter`]. Both return `iters`; returns whether they did.
+fn swap_counter<O: Os>(
+    link: &mut Link<'_, O>,
+    resources: &Resources,
+    (rkey, remote_addr): (u32, u64),
+    iters: u64,
+) -> Result<bool, TestError> {
+    let mut returned_count = true;
+    for compare_add in [iters.wrapping_add(1), iters] {
+        let operation = WrOperation::AtomicCmpAndSwp {
+            remote_addr,
+            rkey,
+            compare_add,
+            swap: swapped_counter(iters),
+        };
+        post_send(&mut link.device, resources, u64::MAX, operation, 0, 8)?;
+        link.completions(resources.cq, 1, "waiting for the CMP_AND_SWP")?;
+        let old = link.device.mr(resources.mr)?.as_slice()[..8]
+            .try_into()
+            .map_or(u64::MAX, u64::from_le_bytes);
+        returned_count &= old == iters;
+    }
+    Ok(returned_count)
 }
 
 /// `ibv_rc_pingpong`'s exchange: SENDs of `size` bytes of 0x7b, the client first; each side

@@ -208,7 +208,7 @@ struct RingBenchArgs {
 enum TestArg {
     /// RDMA WRITE bandwidth.
     WriteBw,
-    /// RDMA WRITE latency (ping-pong of WRITE with immediate).
+    /// RDMA WRITE latency (ping-pong of WRITEs, each side polling its memory, as ib_write_lat).
     WriteLat,
     /// RDMA READ latency.
     ReadLat,
