@@ -118,7 +118,8 @@ pub enum WorkloadKind {
     /// 3 read_lat, 4 send_bw, 5 atomic_lat, 6 rc_pingpong), `args[1]` the message size,
     /// `args[2]` the iterations, `args[3]` the server's IPv4 address as a big-endian `u32`
     /// (0: be the server), `args[4]` the TCP port of the connection exchange, `args[5]` the
-    /// path MTU in bytes.
+    /// path MTU in bytes (low 32 bits) and the QP's local ACK timeout exponent (high 32 bits);
+    /// `flags` the connection exchange. See `apps::rdma::TestParams::to_args`.
     RdmaTest = 12,
     /// Test of the host's virtio-net device: OS B gives it a transmit queue whose descriptor
     /// table lies outside guest memory and checks that the device refuses it ("needs reset")
