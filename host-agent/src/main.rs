@@ -649,6 +649,17 @@ fn print_rdma_report(report: &RdmaBenchReport) {
     print_figures(&report.figures);
 }
 
+/// A rate in the unit that suits it: Gbit/s natively, Mbit/s or kbit/s from emulated guests.
+fn rate(gbit_per_sec: f64) -> String {
+    if gbit_per_sec >= 0.1 {
+        format!("{gbit_per_sec:.3} Gbit/s")
+    } else if gbit_per_sec >= 0.0001 {
+        format!("{:.3} Mbit/s", gbit_per_sec * 1e3)
+    } else {
+        format!("{:.3} kbit/s", gbit_per_sec * 1e6)
+    }
+}
+
 /// A local ACK timeout as people read it: `18 (1.07 s)`.
 fn qp_timeout_text(timeout: u8) -> String {
     if timeout == 0 {
@@ -673,8 +684,11 @@ fn print_figures(figures: &Figures) {
         String::new()
     };
     println!(
-        "rdma: {:.3} s, {:.3} Gbit/s, {:.0} messages/s{latency}, {} retransmissions",
-        figures.seconds, figures.gbit_per_sec, figures.messages_per_sec, figures.retransmissions
+        "rdma: {:.3} s, {}, {:.0} messages/s{latency}, {} retransmissions",
+        figures.seconds,
+        rate(figures.gbit_per_sec),
+        figures.messages_per_sec,
+        figures.retransmissions
     );
 }
 
@@ -739,8 +753,8 @@ fn print_net_report(report: &NetBenchReport) {
         }
     );
     println!(
-        "net: goodput {:.3} Gbit/s, {:.0} packets/s over {:.3} s; {} round trips of {} B: p50 {:.1} us, p99 {:.1} us",
-        report.gbit_per_sec,
+        "net: goodput {}, {:.0} packets/s over {:.3} s; {} round trips of {} B: p50 {:.1} us, p99 {:.1} us",
+        rate(report.gbit_per_sec),
         report.packets_per_sec,
         report.seconds,
         report.round_trips,
@@ -833,14 +847,14 @@ fn net_bench(args: &NetBenchArgs) -> Result<bool> {
 fn print_suite_report(report: &SuiteReport) {
     let comparison = &report.comparison;
     println!(
-        "suite ({}, median of {} rounds): UDP {} B {:.3} Gbit/s, UDP {} B {:.3} Gbit/s, TCP {:.3} Gbit/s",
+        "suite ({}, median of {} rounds): UDP {} B {}, UDP {} B {}, TCP {}",
         report.mode,
         report.runs,
         report.udp.median.size,
-        report.udp.median.gbit_per_sec,
+        rate(report.udp.median.gbit_per_sec),
         report.udp_largest.median.size,
-        report.udp_largest.median.gbit_per_sec,
-        report.tcp.median.gbit_per_sec
+        rate(report.udp_largest.median.gbit_per_sec),
+        rate(report.tcp.median.gbit_per_sec)
     );
     println!(
         "suite: round trips of {} B: UDP p50 {:.1} us, TCP p50 {:.1} us, RDMA WRITE p50 {:.1} us (write_lat {:.1} us)",
@@ -851,10 +865,10 @@ fn print_suite_report(report: &SuiteReport) {
         comparison.rdma_write_lat_us_p50
     );
     println!(
-        "suite: RDMA WRITE {} B at MTU {}: {:.3} Gbit/s = {:.2} x UDP with {} B datagrams (goal >= {}: {})",
+        "suite: RDMA WRITE {} B at MTU {}: {} = {:.2} x UDP with {} B datagrams (goal >= {}: {})",
         comparison.rdma_size,
         comparison.rdma_mtu,
-        comparison.rdma_write_gbit_per_sec,
+        rate(comparison.rdma_write_gbit_per_sec),
         comparison.goodput_ratio,
         comparison.udp_size,
         comparison.goodput_goal,
