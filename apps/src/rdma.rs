@@ -452,6 +452,20 @@ impl<O: Os> Link<'_, O> {
     }
 
     /// Polls `cq` until `count` completions arrived; each must be a success.
+    /// Takes the peer's connection message ([`Destination::to_message`]) from the exchange
+    /// connection.
+    fn take_destination(&mut self) -> Result<Destination, TestError> {
+        let message = self.tcp_take(oob::MESSAGE_LEN)?;
+        Destination::from_message(&message)
+            .map_err(|_| TestError::Exchange("bad connection message"))
+    }
+
+    /// Takes the peer's `RKEY:VADDR` ([`memory_message`]) from the exchange connection.
+    fn take_memory_message(&mut self) -> Result<(u32, u64), TestError> {
+        let message = self.tcp_take(MEMORY_MESSAGE_LEN)?;
+        parse_memory_message(&message).ok_or(TestError::Exchange("bad memory message"))
+    }
+
     fn completions(
         &mut self,
         cq: CqHandle,
@@ -716,6 +730,7 @@ pub fn run_test(
     }
 
     // The connection exchange, as rc_pingpong does it.
+    let path = (params.mtu, params.qp_timeout);
     let remote_memory = match params.server {
         None => {
             let listener = link.client.tcp_listen(params.port, 1, 0)?;
@@ -731,26 +746,15 @@ pub fn run_test(
             // than accepted by a server that is about to end.
             let _ = link.client.close(listener);
             link.exchange.listener = None;
-            let message = link.tcp_take(oob::MESSAGE_LEN)?;
-            let remote = Destination::from_message(&message)
-                .map_err(|_| TestError::Exchange("bad connection message"))?;
-            connect(
-                &mut link.device,
-                &resources,
-                &remote,
-                (params.mtu, params.qp_timeout),
-            )?;
+            let remote = link.take_destination()?;
+            connect(&mut link.device, &resources, &remote, path)?;
             link.tcp_send_all(&own.to_message())?;
             if params.test.targets_server_memory() {
                 link.tcp_send_all(&memory_message(resources.rkey, resources.base))?;
             }
             // In write_lat the server WRITEs back: the client's memory follows its message.
             let client_memory = if params.test == Test::WriteLat {
-                let message = link.tcp_take(MEMORY_MESSAGE_LEN)?;
-                Some(
-                    parse_memory_message(&message)
-                        .ok_or(TestError::Exchange("bad memory message"))?,
-                )
+                Some(link.take_memory_message()?)
             } else {
                 None
             };
@@ -769,24 +773,13 @@ pub fn run_test(
         Some(server) => {
             link.connect_exchange(SocketAddrV4::new(server, params.port))?;
             link.tcp_send_all(&own.to_message())?;
-            let message = link.tcp_take(oob::MESSAGE_LEN)?;
-            let remote = Destination::from_message(&message)
-                .map_err(|_| TestError::Exchange("bad connection message"))?;
+            let remote = link.take_destination()?;
             let memory = if params.test.targets_server_memory() {
-                let message = link.tcp_take(MEMORY_MESSAGE_LEN)?;
-                Some(
-                    parse_memory_message(&message)
-                        .ok_or(TestError::Exchange("bad memory message"))?,
-                )
+                Some(link.take_memory_message()?)
             } else {
                 None
             };
-            connect(
-                &mut link.device,
-                &resources,
-                &remote,
-                (params.mtu, params.qp_timeout),
-            )?;
+            connect(&mut link.device, &resources, &remote, path)?;
             if params.test == Test::WriteLat {
                 link.tcp_send_all(&memory_message(resources.rkey, resources.base))?;
             }
