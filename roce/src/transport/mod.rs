@@ -201,25 +201,18 @@ impl Device {
         self.handle_timeouts(now);
         self.counters.packets_received += 1;
         self.counters.bytes_received += packet.len() as u64;
-        if self.acknowledge_duplicate(packet) {
+        // The structure is checked once for both looks at the packet (`Rocev2Repr::parse`
+        // checks it again, as the public parser must).
+        let view = match Rocev2Packet::new_checked(packet) {
+            Ok(view) => view,
+            Err(error) => return self.count_bad_packet(error),
+        };
+        if self.acknowledge_duplicate(&view) {
             return;
         }
-        let parsed = Rocev2Packet::new_checked(packet).and_then(|view| {
-            let repr = Rocev2Repr::parse(&view)?;
-            Ok((view, repr))
-        });
-        let (view, repr) = match parsed {
-            Ok(parsed) => parsed,
-            Err(error) => {
-                let drops = &mut self.counters.drops;
-                match error {
-                    wire::Error::BadIcrc => self.counters.icrc_errors += 1,
-                    wire::Error::BadChecksum => drops.bad_checksum += 1,
-                    wire::Error::Unsupported => drops.unsupported += 1,
-                    _ => drops.malformed += 1,
-                }
-                return;
-            }
+        let repr = match Rocev2Repr::parse(&view) {
+            Ok(repr) => repr,
+            Err(error) => return self.count_bad_packet(error),
         };
         if repr.dst_addr != self.config.ipv4_addr {
             self.counters.drops.wrong_destination += 1;
@@ -292,6 +285,17 @@ impl Device {
         self.schedule(slot);
     }
 
+    /// Counts a packet dropped for `error`.
+    fn count_bad_packet(&mut self, error: wire::Error) {
+        let drops = &mut self.counters.drops;
+        match error {
+            wire::Error::BadIcrc => self.counters.icrc_errors += 1,
+            wire::Error::BadChecksum => drops.bad_checksum += 1,
+            wire::Error::Unsupported => drops.unsupported += 1,
+            _ => drops.malformed += 1,
+        }
+    }
+
     /// Answers a SEND or RDMA WRITE packet that the responder took already, from its headers
     /// alone, before the ICRC over its payload is computed. A peer that resends a long
     /// message again and again (rxe does, every timeout, from its last acknowledged PSN) would
@@ -299,10 +303,7 @@ impl Device {
     /// its time on copies it holds already while the packets it lacks wait behind them. The
     /// only answer is an ACK of what this side holds, so an unverified header cannot make it
     /// do anything else. Returns whether the packet was handled.
-    fn acknowledge_duplicate(&mut self, packet: &[u8]) -> bool {
-        let Ok(view) = Rocev2Packet::new_checked(packet) else {
-            return false;
-        };
+    fn acknowledge_duplicate(&mut self, view: &Rocev2Packet<&[u8]>) -> bool {
         let ib = view.ib();
         let bth = ib.bth();
         let Some(info) = bth.opcode().info() else {
