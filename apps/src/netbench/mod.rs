@@ -1039,16 +1039,7 @@ mod tests {
 
     #[test]
     fn credits_from_the_server_are_checked() {
-        let credit = |session: u64, next: u64| {
-            let mut out = Header {
-                kind: Kind::Credit,
-                value: session,
-            }
-            .to_bytes()
-            .to_vec();
-            out.extend_from_slice(&next.to_le_bytes());
-            out
-        };
+        let credit = |session: u64, next: u64| wire::control(Kind::Credit, session, &[next]);
         let mut answers: VecDeque<Vec<u8>> = VecDeque::new();
         answers.push_back(credit(7, 40));
         answers.push_back(credit(8, 90)); // another session

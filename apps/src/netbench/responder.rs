@@ -291,20 +291,11 @@ impl TcpResponder {
 mod tests {
     use alloc::vec;
 
-    use super::super::wire::{fill, fill_tcp_message};
+    use super::super::wire::{control, fill, fill_tcp_message};
     use super::*;
 
     fn start(session: u64, count: u64, size: u64, window: u64) -> Vec<u8> {
-        let mut out = Header {
-            kind: Kind::Start,
-            value: session,
-        }
-        .to_bytes()
-        .to_vec();
-        out.extend_from_slice(&count.to_le_bytes());
-        out.extend_from_slice(&size.to_le_bytes());
-        out.extend_from_slice(&window.to_le_bytes());
-        out
+        control(Kind::Start, session, &[count, size, window])
     }
 
     fn message(kind: Kind, number: u64, size: usize) -> Vec<u8> {
@@ -319,14 +310,7 @@ mod tests {
     }
 
     fn end(session: u64, sent: u64) -> Vec<u8> {
-        let mut out = Header {
-            kind: Kind::End,
-            value: session,
-        }
-        .to_bytes()
-        .to_vec();
-        out.extend_from_slice(&sent.to_le_bytes());
-        out
+        control(Kind::End, session, &[sent])
     }
 
     #[test]
@@ -380,16 +364,7 @@ mod tests {
         // A window of 16: a credit every 2 new messages, carrying the highest number plus one.
         let opening = start(9, 100, 64, 16);
         assert_eq!(server.datagram(&opening, 0), Some(&opening[..]));
-        let credit = |next: u64| {
-            let mut out = Header {
-                kind: Kind::Credit,
-                value: 9,
-            }
-            .to_bytes()
-            .to_vec();
-            out.extend_from_slice(&next.to_le_bytes());
-            out
-        };
+        let credit = |next: u64| control(Kind::Credit, 9, &[next]);
         let mut answers = Vec::new();
         for (time, number) in [0u64, 3, 3, 1, 7, 2].into_iter().enumerate() {
             let data = message(Kind::Data, number, 64);
@@ -407,12 +382,7 @@ mod tests {
     #[test]
     fn tcp_stream_is_checked_and_summarised() {
         let mut server = TcpResponder::new();
-        let mut data = Header {
-            kind: Kind::Stream,
-            value: 32,
-        }
-        .to_bytes()
-        .to_vec();
+        let mut data = control(Kind::Stream, 32, &[]);
         for number in 0..4 {
             let mut bytes = vec![0u8; 32];
             fill_tcp_message(&mut bytes, number, number == 3);
@@ -429,12 +399,7 @@ mod tests {
     #[test]
     fn tcp_echo_sends_everything_back_and_garbage_is_refused() {
         let mut server = TcpResponder::new();
-        let mut data = Header {
-            kind: Kind::Echo,
-            value: 64,
-        }
-        .to_bytes()
-        .to_vec();
+        let mut data = control(Kind::Echo, 64, &[]);
         data.extend_from_slice(b"ping");
         server.receive(&data, 0);
         server.receive(b"pong", 1);

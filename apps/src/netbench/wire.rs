@@ -354,6 +354,17 @@ impl StreamChecker {
     }
 }
 
+/// A control message for tests: the header of `kind` with `value`, then `words`
+/// little-endian.
+#[cfg(test)]
+pub(crate) fn control(kind: Kind, value: u64, words: &[u64]) -> alloc::vec::Vec<u8> {
+    let mut out = Header { kind, value }.to_bytes().to_vec();
+    for word in words {
+        out.extend_from_slice(&word.to_le_bytes());
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use alloc::vec;
