@@ -451,7 +451,6 @@ impl<O: Os> Link<'_, O> {
         Ok(self.exchange.inbox.drain(..len).collect())
     }
 
-    /// Polls `cq` until `count` completions arrived; each must be a success.
     /// Takes the peer's connection message ([`Destination::to_message`]) from the exchange
     /// connection.
     fn take_destination(&mut self) -> Result<Destination, TestError> {
@@ -466,6 +465,7 @@ impl<O: Os> Link<'_, O> {
         parse_memory_message(&message).ok_or(TestError::Exchange("bad memory message"))
     }
 
+    /// Polls `cq` until `count` completions arrived; each must be a success.
     fn completions(
         &mut self,
         cq: CqHandle,
