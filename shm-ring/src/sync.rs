@@ -35,12 +35,6 @@ impl<D: Copy + FromBytes + IntoBytes> Slot<D> {
     /// stride is then a multiple of 8, so every slot is 8-byte aligned.
     const BY_WORDS: bool = size_of::<D>().is_multiple_of(8);
 
-    /// Whether descriptors are copied as 16-byte vectors (a multiple of 16 bytes long, and SSE2
-    /// is available, as on every host but not in the guests): one move for a 16-byte descriptor.
-    /// Slots are then 16-byte aligned, for the same reason as above.
-    #[cfg(all(target_arch = "x86_64", target_feature = "sse2"))]
-    const BY_VECTORS: bool = size_of::<D>().is_multiple_of(16);
-
     /// A slot holding `value`.
     pub(crate) const fn new(value: D) -> Slot<D> {
         Slot(core::cell::UnsafeCell::new(value))
@@ -53,8 +47,7 @@ impl<D: Copy + FromBytes + IntoBytes> Slot<D> {
     ///
     /// - The ring protocol must give the caller the slot: it lies between the consumer and the
     ///   producer index as the consumer last observed them (with Acquire).
-    /// - The slot lies in a ring's slot array (so it is 8-byte aligned if `BY_WORDS`, 16-byte
-    ///   aligned if `BY_VECTORS`).
+    /// - The slot lies in a ring's slot array (so it is 8-byte aligned if `BY_WORDS`).
     #[inline(always)]
     pub(crate) unsafe fn read(&self) -> D {
         if !Self::BY_WORDS {
@@ -63,22 +56,6 @@ impl<D: Copy + FromBytes + IntoBytes> Slot<D> {
             return unsafe { self.0.get().read_volatile() };
         }
         let mut value = MaybeUninit::<D>::uninit();
-        #[cfg(all(target_arch = "x86_64", target_feature = "sse2"))]
-        if Self::BY_VECTORS {
-            use core::arch::x86_64::__m128i;
-            let source = self.0.get().cast::<__m128i>();
-            let destination = value.as_mut_ptr().cast::<__m128i>();
-            for i in 0..size_of::<D>() / 16 {
-                // SAFETY: vector `i` lies inside the slot, which is 16-byte aligned (caller
-                // contract, `BY_VECTORS`).
-                let vector = unsafe { source.wrapping_add(i).read_volatile() };
-                // SAFETY: vector `i` lies inside the local `value` (which may be less aligned).
-                unsafe { destination.wrapping_add(i).write_unaligned(vector) };
-            }
-            // SAFETY: every byte of `value` was written above, and any bytes are a valid `D`
-            // (`FromBytes`).
-            return unsafe { value.assume_init() };
-        }
         let source = self.0.get().cast::<u64>();
         let destination = value.as_mut_ptr().cast::<u64>();
         for i in 0..size_of::<D>() / 8 {
@@ -99,29 +76,13 @@ impl<D: Copy + FromBytes + IntoBytes> Slot<D> {
     /// - The ring protocol must give the caller the slot: it lies between the producer index and
     ///   the consumer index plus the capacity, as the producer last observed them (with
     ///   Acquire).
-    /// - The slot lies in a ring's slot array (so it is 8-byte aligned if `BY_WORDS`, 16-byte
-    ///   aligned if `BY_VECTORS`).
+    /// - The slot lies in a ring's slot array (so it is 8-byte aligned if `BY_WORDS`).
     #[inline(always)]
     pub(crate) unsafe fn write(&self, value: D) {
         if !Self::BY_WORDS {
             // SAFETY: the pointer comes from a live `UnsafeCell` and is aligned for `D`; the
             // caller owns the slot, so no well-behaved party reads it concurrently.
             return unsafe { self.0.get().write_volatile(value) };
-        }
-        #[cfg(all(target_arch = "x86_64", target_feature = "sse2"))]
-        if Self::BY_VECTORS {
-            use core::arch::x86_64::__m128i;
-            let source = (&raw const value).cast::<__m128i>();
-            let destination = self.0.get().cast::<__m128i>();
-            for i in 0..size_of::<D>() / 16 {
-                // SAFETY: vector `i` lies inside `value`, whose bytes are all initialised
-                // (`IntoBytes`: no padding).
-                let vector = unsafe { source.wrapping_add(i).read_unaligned() };
-                // SAFETY: vector `i` lies inside the slot, which is 16-byte aligned (caller
-                // contract, `BY_VECTORS`).
-                unsafe { destination.wrapping_add(i).write_volatile(vector) };
-            }
-            return;
         }
         let source = (&raw const value).cast::<u64>();
         let destination = self.0.get().cast::<u64>();
