@@ -7,10 +7,11 @@ mod common;
 use core::net::{Ipv4Addr, SocketAddrV4};
 
 use common::{
-    Ev, IP_LEFT, IP_RIGHT, MAC_LEFT, MAC_RIGHT, Net, Node, pattern, roce_packet, roce_trailer_ok,
+    Ev, IP_LEFT, IP_RIGHT, MAC_LEFT, MAC_RIGHT, Net, Node, arp, ethernet, ipv4, pattern, receive,
+    roce_packet, roce_trailer_ok,
 };
 use netsvc::frame::internet_checksum;
-use netsvc::memwire::{self, WireConfig, WirePort};
+use netsvc::memwire::{self, WireConfig};
 use netsvc::netmsg::{
     CloseReason, ConnectionState, ErrorCode, OPEN_REPEATABLE, Protocol, RequestKind,
 };
@@ -18,45 +19,6 @@ use netsvc::{ClientError, Nic};
 
 const HOST_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x99];
 const HOST_IP: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 99);
-
-fn ethernet(destination: [u8; 6], source: [u8; 6], ethertype: u16, payload: &[u8]) -> Vec<u8> {
-    let mut frame = Vec::with_capacity(14 + payload.len());
-    frame.extend_from_slice(&destination);
-    frame.extend_from_slice(&source);
-    frame.extend_from_slice(&ethertype.to_be_bytes());
-    frame.extend_from_slice(payload);
-    frame
-}
-
-fn arp(operation: u16, sender: ([u8; 6], Ipv4Addr), target: ([u8; 6], Ipv4Addr)) -> Vec<u8> {
-    let mut packet = vec![0, 1, 8, 0, 6, 4];
-    packet.extend_from_slice(&operation.to_be_bytes());
-    packet.extend_from_slice(&sender.0);
-    packet.extend_from_slice(&sender.1.octets());
-    packet.extend_from_slice(&target.0);
-    packet.extend_from_slice(&target.1.octets());
-    packet
-}
-
-fn ipv4(source: Ipv4Addr, destination: Ipv4Addr, protocol: u8, payload: &[u8]) -> Vec<u8> {
-    let mut packet = vec![0u8; 20];
-    packet[0] = 0x45;
-    packet[2..4].copy_from_slice(&((20 + payload.len()) as u16).to_be_bytes());
-    packet[4..6].copy_from_slice(&0x4242u16.to_be_bytes());
-    packet[8] = 64;
-    packet[9] = protocol;
-    packet[12..16].copy_from_slice(&source.octets());
-    packet[16..20].copy_from_slice(&destination.octets());
-    let checksum = internet_checksum(&packet);
-    packet[10..12].copy_from_slice(&checksum.to_be_bytes());
-    packet.extend_from_slice(payload);
-    packet
-}
-
-fn receive(port: &mut WirePort) -> Option<Vec<u8>> {
-    let mut buf = [0u8; 2048];
-    port.receive(&mut buf).map(|len| buf[..len].to_vec())
-}
 
 #[test]
 fn arp_and_ping_are_answered() {

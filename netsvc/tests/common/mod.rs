@@ -5,6 +5,7 @@
 
 use core::net::{Ipv4Addr, SocketAddrV4};
 
+use netsvc::frame::internet_checksum;
 use netsvc::memwire::{self, WireConfig, WirePort};
 use netsvc::netmsg::{CloseReason, ConnectionInfo, ErrorCode, Established, Event, ROCE_UDP_PORT};
 use netsvc::{Client, NetConfig, NetService, Nic, PollOutcome};
@@ -314,4 +315,64 @@ pub fn roce_trailer_ok(packet: &[u8]) -> bool {
         (hash ^ u32::from(*byte)).wrapping_mul(0x0100_0193)
     });
     hash.to_le_bytes() == *trailer
+}
+
+/// An Ethernet frame.
+pub fn ethernet(destination: [u8; 6], source: [u8; 6], ethertype: u16, payload: &[u8]) -> Vec<u8> {
+    let mut frame = Vec::with_capacity(14 + payload.len());
+    frame.extend_from_slice(&destination);
+    frame.extend_from_slice(&source);
+    frame.extend_from_slice(&ethertype.to_be_bytes());
+    frame.extend_from_slice(payload);
+    frame
+}
+
+/// An Ethernet/IPv4 ARP packet (request: operation 1, reply: 2).
+pub fn arp(operation: u16, sender: ([u8; 6], Ipv4Addr), target: ([u8; 6], Ipv4Addr)) -> Vec<u8> {
+    let mut packet = vec![0, 1, 8, 0, 6, 4];
+    packet.extend_from_slice(&operation.to_be_bytes());
+    packet.extend_from_slice(&sender.0);
+    packet.extend_from_slice(&sender.1.octets());
+    packet.extend_from_slice(&target.0);
+    packet.extend_from_slice(&target.1.octets());
+    packet
+}
+
+/// An IPv4 packet with a 20-byte header (TTL 64, header checksum) around `payload`.
+pub fn ipv4(source: Ipv4Addr, destination: Ipv4Addr, protocol: u8, payload: &[u8]) -> Vec<u8> {
+    let mut packet = vec![0u8; 20];
+    packet[0] = 0x45;
+    packet[2..4].copy_from_slice(&((20 + payload.len()) as u16).to_be_bytes());
+    packet[4..6].copy_from_slice(&0x4242u16.to_be_bytes());
+    packet[8] = 64;
+    packet[9] = protocol;
+    packet[12..16].copy_from_slice(&source.octets());
+    packet[16..20].copy_from_slice(&destination.octets());
+    let checksum = internet_checksum(&packet);
+    packet[10..12].copy_from_slice(&checksum.to_be_bytes());
+    packet.extend_from_slice(payload);
+    packet
+}
+
+/// A UDP or TCP segment's checksum over the IPv4 pseudo-header and `segment` (whose checksum
+/// field must be zero).
+pub fn transport_checksum(
+    source: Ipv4Addr,
+    destination: Ipv4Addr,
+    protocol: u8,
+    segment: &[u8],
+) -> u16 {
+    let mut pseudo = Vec::with_capacity(12 + segment.len());
+    pseudo.extend_from_slice(&source.octets());
+    pseudo.extend_from_slice(&destination.octets());
+    pseudo.extend_from_slice(&[0, protocol]);
+    pseudo.extend_from_slice(&(segment.len() as u16).to_be_bytes());
+    pseudo.extend_from_slice(segment);
+    internet_checksum(&pseudo)
+}
+
+/// The next frame waiting at `port`.
+pub fn receive(port: &mut WirePort) -> Option<Vec<u8>> {
+    let mut buf = [0u8; 2048];
+    port.receive(&mut buf).map(|len| buf[..len].to_vec())
 }
