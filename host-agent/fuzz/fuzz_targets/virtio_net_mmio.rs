@@ -59,7 +59,10 @@ fuzz_target!(|data: &[u8]| {
             5 => {
                 let size = 1 + usize::from(step[2] % 8);
                 let mut bytes = vec![0u8; size];
-                nic.read(u64::from(step[1]) + 0x100 * u64::from(step[3] & 1), &mut bytes);
+                nic.read(
+                    u64::from(step[1]) + 0x100 * u64::from(step[3] & 1),
+                    &mut bytes,
+                );
             }
             6 => {
                 nic.process_tx(&mut port);

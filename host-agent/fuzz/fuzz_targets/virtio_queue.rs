@@ -25,7 +25,11 @@ fuzz_target!(|data: &[u8]| {
     let size = 1u32 << (size_shift % 10);
     let page = |selector: u8| BASE + u64::from(selector % 40) * 0x1000 + u64::from(selector / 40);
     let mut queue = Queue::new(256);
-    queue.set_size(if flags & 0x80 != 0 { u32::from(size_shift) } else { size });
+    queue.set_size(if flags & 0x80 != 0 {
+        u32::from(size_shift)
+    } else {
+        size
+    });
     queue.set_desc_table(GuestAddress(page(desc_page)));
     queue.set_avail_ring(GuestAddress(page(avail_page)));
     queue.set_used_ring(GuestAddress(page(used_page)));

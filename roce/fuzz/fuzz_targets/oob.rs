@@ -13,7 +13,10 @@ use roce::perftest::{self, BwReport, Keys};
 
 fuzz_target!(|data: &[u8]| {
     if let Ok(destination) = Destination::from_message(data) {
-        assert_eq!(Destination::from_message(&destination.to_message()), Ok(destination));
+        assert_eq!(
+            Destination::from_message(&destination.to_message()),
+            Ok(destination)
+        );
     }
     if let Ok(keys) = Keys::from_message(data) {
         let again = Keys::from_message(&keys.to_message()).expect("formatted keys parse");

@@ -18,7 +18,9 @@ fuzz_target!(|data: &[u8]| {
     if let Ok(mut packet) = Rocev2Packet::new_checked(&mut repaired[..]) {
         packet.ipv4_mut().fill_checksum();
         packet.udp_mut().set_checksum(0);
-        packet.fill_icrc().expect("a checked packet has room for its ICRC");
+        packet
+            .fill_icrc()
+            .expect("a checked packet has room for its ICRC");
         whole_packet(&repaired);
         let packet = Rocev2Packet::new_checked(&repaired[..]).expect("still checks");
         let result = Rocev2Repr::parse(&packet);
@@ -43,7 +45,11 @@ fn whole_packet(data: &[u8]) {
     };
     let ib = packet.ib();
     touch(&ib);
-    let _ = (packet.ipv4().ttl(), packet.udp().src_port(), packet.compute_icrc());
+    let _ = (
+        packet.ipv4().ttl(),
+        packet.udp().src_port(),
+        packet.compute_icrc(),
+    );
     let Ok(repr) = Rocev2Repr::parse(&packet) else {
         return;
     };
@@ -74,9 +80,22 @@ fn ib_packet(data: &[u8]) {
 
 fn touch(packet: &RocePacket<&[u8]>) {
     let bth = packet.bth();
-    let _ = (bth.opcode(), bth.psn(), bth.dest_qpn(), bth.pad_count(), bth.reserved7());
-    let _ = (packet.header_len(), packet.payload(), packet.pad(), packet.icrc());
-    let _ = packet.reth().map(|h| (h.virtual_address(), h.rkey(), h.dma_length()));
+    let _ = (
+        bth.opcode(),
+        bth.psn(),
+        bth.dest_qpn(),
+        bth.pad_count(),
+        bth.reserved7(),
+    );
+    let _ = (
+        packet.header_len(),
+        packet.payload(),
+        packet.pad(),
+        packet.icrc(),
+    );
+    let _ = packet
+        .reth()
+        .map(|h| (h.virtual_address(), h.rkey(), h.dma_length()));
     let _ = packet.aeth().map(|h| (h.syndrome(), h.msn()));
     let _ = packet.atomic_eth().map(|h| h.compare_data());
     let _ = packet.atomic_ack_eth().map(|h| h.original_data());

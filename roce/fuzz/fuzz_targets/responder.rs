@@ -49,7 +49,9 @@ fn target() -> Target {
         qp_access_flags: AccessFlags::REMOTE,
         ..QpAttr::default()
     };
-    device.modify_qp(qp, &init, QpAttrMask::INIT_REQUIRED).unwrap();
+    device
+        .modify_qp(qp, &init, QpAttrMask::INIT_REQUIRED)
+        .unwrap();
     let rtr = QpAttr {
         qp_state: QpState::Rtr,
         path_mtu: Mtu::Mtu1024,
@@ -60,7 +62,9 @@ fn target() -> Target {
         ah_attr: AhAttr::global(Gid::from_ipv4(PEER)),
         ..QpAttr::default()
     };
-    device.modify_qp(qp, &rtr, QpAttrMask::RTR_REQUIRED).unwrap();
+    device
+        .modify_qp(qp, &rtr, QpAttrMask::RTR_REQUIRED)
+        .unwrap();
     let rts = QpAttr {
         qp_state: QpState::Rts,
         sq_psn: 0,
@@ -70,19 +74,34 @@ fn target() -> Target {
         max_rd_atomic: 4,
         ..QpAttr::default()
     };
-    device.modify_qp(qp, &rts, QpAttrMask::RTS_REQUIRED).unwrap();
+    device
+        .modify_qp(qp, &rts, QpAttrMask::RTS_REQUIRED)
+        .unwrap();
     let info = device.mr(open).unwrap().info();
     for wr_id in 0..4 {
         let sge = info.sge(32 * 1024 + wr_id * 4096, 4096);
         device
-            .post_recv(qp, &RecvWr { wr_id, sg_list: &[sge] })
+            .post_recv(
+                qp,
+                &RecvWr {
+                    wr_id,
+                    sg_list: &[sge],
+                },
+            )
             .unwrap();
     }
     // Work of its own outstanding, so that responses can match something.
     let operations = [
         WrOperation::Send,
-        WrOperation::RdmaRead { remote_addr: 0x1000, rkey: 0x100 },
-        WrOperation::AtomicFetchAndAdd { remote_addr: 0x2000, rkey: 0x100, compare_add: 1 },
+        WrOperation::RdmaRead {
+            remote_addr: 0x1000,
+            rkey: 0x100,
+        },
+        WrOperation::AtomicFetchAndAdd {
+            remote_addr: 0x2000,
+            rkey: 0x100,
+            compare_add: 1,
+        },
     ];
     for (wr_id, operation) in operations.into_iter().enumerate() {
         let sge = [info.sge(16 * 1024, if wr_id == 2 { 8 } else { 3000 })];
@@ -133,7 +152,13 @@ fuzz_target!(|data: &[u8]| {
     }
     for mr in target.guarded {
         assert!(
-            target.device.mr(mr).unwrap().as_slice().iter().all(|&byte| byte == GUARD),
+            target
+                .device
+                .mr(mr)
+                .unwrap()
+                .as_slice()
+                .iter()
+                .all(|&byte| byte == GUARD),
             "guarded memory changed"
         );
     }
