@@ -317,14 +317,18 @@ pub fn run(
                     netbench::run_vms(base, params, &NetPath::Switch, *timeout)?.0
                 }
             };
+            let round_trip = if report.round_trips > 0 {
+                format!(", round trip p50 {:.1} us", report.rtt_us_p50)
+            } else {
+                String::new()
+            };
             progress(&format!(
-                "round {round}/{runs}: {} {} B: {:.3} Gbit/s, {} of {} received, round trip p50 {:.1} us{}",
+                "round {round}/{runs}: {} {} B: {}, {} of {} received{round_trip}{}",
                 report.transport,
                 report.size,
-                report.gbit_per_sec,
+                rate(report.gbit_per_sec),
                 report.received,
                 report.messages,
-                report.rtt_us_p50,
                 if report.verified {
                     ""
                 } else {
@@ -342,12 +346,16 @@ pub fn run(
                     rdmabench::run_vms(base, params, *timeout, None)?.0
                 }
             };
+            // A latency test's throughput says nothing; a bandwidth test measures no latency.
+            let figure = if report.figures.lat_p50_us > 0.0 {
+                format!("latency p50 {:.1} us", report.figures.lat_p50_us)
+            } else {
+                rate(report.figures.gbit_per_sec)
+            };
             progress(&format!(
-                "round {round}/{runs}: rdma {} {} B: {:.3} Gbit/s, latency p50 {:.1} us{}",
+                "round {round}/{runs}: rdma {} {} B: {figure}{}",
                 report.test,
                 report.size,
-                report.figures.gbit_per_sec,
-                report.figures.lat_p50_us,
                 if report.verified {
                     ""
                 } else {
@@ -407,6 +415,17 @@ pub fn run(
         comparison,
         verified,
     })
+}
+
+/// A rate in the unit that suits it: Gbit/s natively, Mbit/s or kbit/s from emulated guests.
+pub fn rate(gbit_per_sec: f64) -> String {
+    if gbit_per_sec >= 0.1 {
+        format!("{gbit_per_sec:.3} Gbit/s")
+    } else if gbit_per_sec >= 0.0001 {
+        format!("{:.3} Mbit/s", gbit_per_sec * 1e3)
+    } else {
+        format!("{:.3} kbit/s", gbit_per_sec * 1e6)
+    }
 }
 
 #[cfg(test)]

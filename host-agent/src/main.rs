@@ -9,7 +9,7 @@ use anyhow::{Context, Result};
 use apps::netbench::Transport;
 use apps::rdma::{Handshake, Test, TestParams};
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use host_agent::benchsuite::{self, SuiteMode, SuiteParams, SuiteReport};
+use host_agent::benchsuite::{self, SuiteMode, SuiteParams, SuiteReport, rate};
 use host_agent::cluster::{Member, run_group};
 use host_agent::devices::net_backend::NetBackend;
 use host_agent::devices::pcap::{Captured, PcapWriter};
@@ -649,17 +649,6 @@ fn print_rdma_report(report: &RdmaBenchReport) {
     print_figures(&report.figures);
 }
 
-/// A rate in the unit that suits it: Gbit/s natively, Mbit/s or kbit/s from emulated guests.
-fn rate(gbit_per_sec: f64) -> String {
-    if gbit_per_sec >= 0.1 {
-        format!("{gbit_per_sec:.3} Gbit/s")
-    } else if gbit_per_sec >= 0.0001 {
-        format!("{:.3} Mbit/s", gbit_per_sec * 1e3)
-    } else {
-        format!("{:.3} kbit/s", gbit_per_sec * 1e6)
-    }
-}
-
 /// A local ACK timeout as people read it: `18 (1.07 s)`.
 fn qp_timeout_text(timeout: u8) -> String {
     if timeout == 0 {
@@ -846,10 +835,13 @@ fn net_bench(args: &NetBenchArgs) -> Result<bool> {
 
 fn print_suite_report(report: &SuiteReport) {
     let comparison = &report.comparison;
+    let rounds = match report.runs {
+        1 => "one round".to_owned(),
+        runs => format!("median of {runs} rounds"),
+    };
     println!(
-        "suite ({}, median of {} rounds): UDP {} B {}, UDP {} B {}, TCP {}",
+        "suite ({}, {rounds}): UDP {} B {}, UDP {} B {}, TCP {}",
         report.mode,
-        report.runs,
         report.udp.median.size,
         rate(report.udp.median.gbit_per_sec),
         report.udp_largest.median.size,
