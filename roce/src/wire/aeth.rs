@@ -18,7 +18,7 @@
 //!
 //! Carried by Acknowledge, ATOMIC Acknowledge and RDMA READ Response First/Last/Only.
 
-use super::{Error, U24_MASK, header_mut, header_ref, read_u24, write_u24};
+use super::{Error, U24_MASK, read_u24, write_u24};
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout, Unaligned};
 
 /// Length of the AETH in bytes.
@@ -168,44 +168,9 @@ const _: () = {
     assert!(field::MSN.end == HEADER_LEN);
 };
 
-/// A view of an AETH at the start of a buffer.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Packet<T: AsRef<[u8]>> {
-    buffer: T,
-}
+fixed_header_view!("A view of an AETH at the start of a buffer.", "AETH");
 
 impl<T: AsRef<[u8]>> Packet<T> {
-    /// A view over `buffer` without checking its length.
-    pub const fn new_unchecked(buffer: T) -> Self {
-        Packet { buffer }
-    }
-
-    /// A view over `buffer`, checked with [`Packet::check_len`].
-    pub fn new_checked(buffer: T) -> Result<Self, Error> {
-        let packet = Self::new_unchecked(buffer);
-        packet.check_len()?;
-        Ok(packet)
-    }
-
-    /// Checks that the buffer holds a whole AETH; after that no accessor panics.
-    pub fn check_len(&self) -> Result<(), Error> {
-        if self.buffer.as_ref().len() < HEADER_LEN {
-            Err(Error::Truncated)
-        } else {
-            Ok(())
-        }
-    }
-
-    /// The underlying buffer.
-    pub fn into_inner(self) -> T {
-        self.buffer
-    }
-
-    /// The header as a zerocopy struct.
-    pub fn header(&self) -> &Header {
-        header_ref(self.buffer.as_ref())
-    }
-
     /// The syndrome.
     pub fn syndrome(&self) -> Syndrome {
         Syndrome::from(self.header().syndrome)
@@ -218,11 +183,6 @@ impl<T: AsRef<[u8]>> Packet<T> {
 }
 
 impl<T: AsRef<[u8]> + AsMut<[u8]>> Packet<T> {
-    /// The header as a mutable zerocopy struct.
-    pub fn header_mut(&mut self) -> &mut Header {
-        header_mut(self.buffer.as_mut())
-    }
-
     /// Sets the syndrome.
     pub fn set_syndrome(&mut self, value: Syndrome) {
         self.header_mut().syndrome = value.into();

@@ -1,7 +1,7 @@
 //! Atomic Acknowledge Extended Transport Header (AtomicAckETH, 8 bytes): the value the remote
 //! location held before the atomic operation. Follows the AETH in an ATOMIC Acknowledge.
 
-use super::{Error, header_mut, header_ref};
+use super::Error;
 use zerocopy::network_endian::U64;
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout, Unaligned};
 
@@ -30,44 +30,12 @@ const _: () = {
     assert!(field::ORIGINAL_DATA.end == HEADER_LEN);
 };
 
-/// A view of an AtomicAckETH at the start of a buffer.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Packet<T: AsRef<[u8]>> {
-    buffer: T,
-}
+fixed_header_view!(
+    "A view of an AtomicAckETH at the start of a buffer.",
+    "AtomicAckETH"
+);
 
 impl<T: AsRef<[u8]>> Packet<T> {
-    /// A view over `buffer` without checking its length.
-    pub const fn new_unchecked(buffer: T) -> Self {
-        Packet { buffer }
-    }
-
-    /// A view over `buffer`, checked with [`Packet::check_len`].
-    pub fn new_checked(buffer: T) -> Result<Self, Error> {
-        let packet = Self::new_unchecked(buffer);
-        packet.check_len()?;
-        Ok(packet)
-    }
-
-    /// Checks that the buffer holds a whole AtomicAckETH; after that no accessor panics.
-    pub fn check_len(&self) -> Result<(), Error> {
-        if self.buffer.as_ref().len() < HEADER_LEN {
-            Err(Error::Truncated)
-        } else {
-            Ok(())
-        }
-    }
-
-    /// The underlying buffer.
-    pub fn into_inner(self) -> T {
-        self.buffer
-    }
-
-    /// The header as a zerocopy struct.
-    pub fn header(&self) -> &Header {
-        header_ref(self.buffer.as_ref())
-    }
-
     /// The original remote data.
     pub fn original_data(&self) -> u64 {
         self.header().original_data.get()
@@ -75,11 +43,6 @@ impl<T: AsRef<[u8]>> Packet<T> {
 }
 
 impl<T: AsRef<[u8]> + AsMut<[u8]>> Packet<T> {
-    /// The header as a mutable zerocopy struct.
-    pub fn header_mut(&mut self) -> &mut Header {
-        header_mut(self.buffer.as_mut())
-    }
-
     /// Sets the original remote data.
     pub fn set_original_data(&mut self, value: u64) {
         self.header_mut().original_data.set(value);

@@ -17,7 +17,7 @@
 //! acknowledge request. Byte 4 (F, B, Resv6) is replaced by `0xff` when the ICRC is computed.
 
 use super::opcode::Opcode;
-use super::{Error, U24_MASK, header_mut, header_ref};
+use super::{Error, U24_MASK};
 use zerocopy::network_endian::{U16, U32};
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout, Unaligned};
 
@@ -83,44 +83,12 @@ const _: () = {
 /// Byte offset, inside the BTH, of the byte (F, B, Resv6) that the ICRC replaces with `0xff`.
 pub const ICRC_MASKED_BYTE: usize = field::DEST_QPN.start;
 
-/// A view of a BTH at the start of a buffer; the bytes after it are [`Packet::payload`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Packet<T: AsRef<[u8]>> {
-    buffer: T,
-}
+fixed_header_view!(
+    "A view of a BTH at the start of a buffer; the bytes after it are [`Packet::payload`].",
+    "BTH"
+);
 
 impl<T: AsRef<[u8]>> Packet<T> {
-    /// A view over `buffer` without checking its length.
-    pub const fn new_unchecked(buffer: T) -> Self {
-        Packet { buffer }
-    }
-
-    /// A view over `buffer`, checked with [`Packet::check_len`].
-    pub fn new_checked(buffer: T) -> Result<Self, Error> {
-        let packet = Self::new_unchecked(buffer);
-        packet.check_len()?;
-        Ok(packet)
-    }
-
-    /// Checks that the buffer holds a whole BTH; after that no accessor panics.
-    pub fn check_len(&self) -> Result<(), Error> {
-        if self.buffer.as_ref().len() < HEADER_LEN {
-            Err(Error::Truncated)
-        } else {
-            Ok(())
-        }
-    }
-
-    /// The underlying buffer.
-    pub fn into_inner(self) -> T {
-        self.buffer
-    }
-
-    /// The header as a zerocopy struct.
-    pub fn header(&self) -> &Header {
-        header_ref(self.buffer.as_ref())
-    }
-
     /// The opcode.
     pub fn opcode(&self) -> Opcode {
         Opcode::from(self.header().opcode)
@@ -193,11 +161,6 @@ impl<T: AsRef<[u8]>> Packet<T> {
 }
 
 impl<T: AsRef<[u8]> + AsMut<[u8]>> Packet<T> {
-    /// The header as a mutable zerocopy struct.
-    pub fn header_mut(&mut self) -> &mut Header {
-        header_mut(self.buffer.as_mut())
-    }
-
     fn set_flag(&mut self, mask: u8, value: bool) {
         let header = self.header_mut();
         header.flags = if value {

@@ -8,7 +8,7 @@
 //! +---------------+-----------------------------------------------+
 //! ```
 
-use super::{Error, U24_MASK, header_mut, header_ref, read_u24, write_u24};
+use super::{Error, U24_MASK, read_u24, write_u24};
 use zerocopy::network_endian::U32;
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout, Unaligned};
 
@@ -48,44 +48,9 @@ const _: () = {
     assert!(field::SRC_QPN.end == HEADER_LEN);
 };
 
-/// A view of a DETH at the start of a buffer.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Packet<T: AsRef<[u8]>> {
-    buffer: T,
-}
+fixed_header_view!("A view of a DETH at the start of a buffer.", "DETH");
 
 impl<T: AsRef<[u8]>> Packet<T> {
-    /// A view over `buffer` without checking its length.
-    pub const fn new_unchecked(buffer: T) -> Self {
-        Packet { buffer }
-    }
-
-    /// A view over `buffer`, checked with [`Packet::check_len`].
-    pub fn new_checked(buffer: T) -> Result<Self, Error> {
-        let packet = Self::new_unchecked(buffer);
-        packet.check_len()?;
-        Ok(packet)
-    }
-
-    /// Checks that the buffer holds a whole DETH; after that no accessor panics.
-    pub fn check_len(&self) -> Result<(), Error> {
-        if self.buffer.as_ref().len() < HEADER_LEN {
-            Err(Error::Truncated)
-        } else {
-            Ok(())
-        }
-    }
-
-    /// The underlying buffer.
-    pub fn into_inner(self) -> T {
-        self.buffer
-    }
-
-    /// The header as a zerocopy struct.
-    pub fn header(&self) -> &Header {
-        header_ref(self.buffer.as_ref())
-    }
-
     /// The queue key.
     pub fn qkey(&self) -> u32 {
         self.header().qkey.get()
@@ -103,11 +68,6 @@ impl<T: AsRef<[u8]>> Packet<T> {
 }
 
 impl<T: AsRef<[u8]> + AsMut<[u8]>> Packet<T> {
-    /// The header as a mutable zerocopy struct.
-    pub fn header_mut(&mut self) -> &mut Header {
-        header_mut(self.buffer.as_mut())
-    }
-
     /// Sets the queue key.
     pub fn set_qkey(&mut self, value: u32) {
         self.header_mut().qkey.set(value);

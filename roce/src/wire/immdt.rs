@@ -4,7 +4,7 @@
 //! The four bytes are opaque to the transport. [`Repr::immediate`] reads them as a big-endian
 //! number, which is the value of libibverbs' `imm_data` (a `__be32`) after `ntohl`.
 
-use super::{Error, header_mut, header_ref};
+use super::Error;
 use zerocopy::network_endian::U32;
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout, Unaligned};
 
@@ -33,44 +33,12 @@ const _: () = {
     assert!(field::IMMEDIATE.end == HEADER_LEN);
 };
 
-/// A view of an ImmDt header at the start of a buffer.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Packet<T: AsRef<[u8]>> {
-    buffer: T,
-}
+fixed_header_view!(
+    "A view of an ImmDt header at the start of a buffer.",
+    "ImmDt header"
+);
 
 impl<T: AsRef<[u8]>> Packet<T> {
-    /// A view over `buffer` without checking its length.
-    pub const fn new_unchecked(buffer: T) -> Self {
-        Packet { buffer }
-    }
-
-    /// A view over `buffer`, checked with [`Packet::check_len`].
-    pub fn new_checked(buffer: T) -> Result<Self, Error> {
-        let packet = Self::new_unchecked(buffer);
-        packet.check_len()?;
-        Ok(packet)
-    }
-
-    /// Checks that the buffer holds a whole ImmDt header; after that no accessor panics.
-    pub fn check_len(&self) -> Result<(), Error> {
-        if self.buffer.as_ref().len() < HEADER_LEN {
-            Err(Error::Truncated)
-        } else {
-            Ok(())
-        }
-    }
-
-    /// The underlying buffer.
-    pub fn into_inner(self) -> T {
-        self.buffer
-    }
-
-    /// The header as a zerocopy struct.
-    pub fn header(&self) -> &Header {
-        header_ref(self.buffer.as_ref())
-    }
-
     /// The immediate data, read big-endian.
     pub fn immediate(&self) -> u32 {
         self.header().immediate.get()
@@ -78,11 +46,6 @@ impl<T: AsRef<[u8]>> Packet<T> {
 }
 
 impl<T: AsRef<[u8]> + AsMut<[u8]>> Packet<T> {
-    /// The header as a mutable zerocopy struct.
-    pub fn header_mut(&mut self) -> &mut Header {
-        header_mut(self.buffer.as_mut())
-    }
-
     /// Sets the immediate data, written big-endian.
     pub fn set_immediate(&mut self, value: u32) {
         self.header_mut().immediate.set(value);

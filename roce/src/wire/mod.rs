@@ -56,6 +56,60 @@
 //! Multi-bit fields narrower than their Rust type (24-bit QPNs and PSNs, the 2-bit pad count,
 //! 5-bit AETH values, ...) are masked to their width when written.
 
+/// Defines `Packet<T>`, the checked view of a fixed-size header at the start of a buffer, in a
+/// header module that has `Header` (its zerocopy struct) and `HEADER_LEN`: `new_unchecked`,
+/// `new_checked`, `check_len`, `into_inner`, `header` and `header_mut`. The module adds the
+/// field accessors. Arguments: the view's doc line, and the header's name for `check_len`'s.
+macro_rules! fixed_header_view {
+    ($doc:literal, $name:literal) => {
+        #[doc = $doc]
+        #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+        pub struct Packet<T: AsRef<[u8]>> {
+            buffer: T,
+        }
+
+        impl<T: AsRef<[u8]>> Packet<T> {
+            /// A view over `buffer` without checking its length.
+            pub const fn new_unchecked(buffer: T) -> Self {
+                Packet { buffer }
+            }
+
+            /// A view over `buffer`, checked with [`Packet::check_len`].
+            pub fn new_checked(buffer: T) -> Result<Self, $crate::wire::Error> {
+                let packet = Self::new_unchecked(buffer);
+                packet.check_len()?;
+                Ok(packet)
+            }
+
+            #[doc = concat!("Checks that the buffer holds a whole ", $name, "; after that no accessor panics.")]
+            pub fn check_len(&self) -> Result<(), $crate::wire::Error> {
+                if self.buffer.as_ref().len() < HEADER_LEN {
+                    Err($crate::wire::Error::Truncated)
+                } else {
+                    Ok(())
+                }
+            }
+
+            /// The underlying buffer.
+            pub fn into_inner(self) -> T {
+                self.buffer
+            }
+
+            /// The header as a zerocopy struct.
+            pub fn header(&self) -> &Header {
+                $crate::wire::header_ref(self.buffer.as_ref())
+            }
+        }
+
+        impl<T: AsRef<[u8]> + AsMut<[u8]>> Packet<T> {
+            /// The header as a mutable zerocopy struct.
+            pub fn header_mut(&mut self) -> &mut Header {
+                $crate::wire::header_mut(self.buffer.as_mut())
+            }
+        }
+    };
+}
+
 pub mod aeth;
 pub mod atomic_ack_eth;
 pub mod atomic_eth;

@@ -13,7 +13,7 @@
 //! Carried by RDMA WRITE First/Only (with or without immediate) and RDMA READ Request. The DMA
 //! length is the length of the whole message, not of this packet's payload.
 
-use super::{Error, header_mut, header_ref};
+use super::Error;
 use zerocopy::network_endian::{U32, U64};
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout, Unaligned};
 
@@ -50,44 +50,9 @@ const _: () = {
     assert!(field::DMA_LENGTH.end == HEADER_LEN);
 };
 
-/// A view of a RETH at the start of a buffer.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Packet<T: AsRef<[u8]>> {
-    buffer: T,
-}
+fixed_header_view!("A view of a RETH at the start of a buffer.", "RETH");
 
 impl<T: AsRef<[u8]>> Packet<T> {
-    /// A view over `buffer` without checking its length.
-    pub const fn new_unchecked(buffer: T) -> Self {
-        Packet { buffer }
-    }
-
-    /// A view over `buffer`, checked with [`Packet::check_len`].
-    pub fn new_checked(buffer: T) -> Result<Self, Error> {
-        let packet = Self::new_unchecked(buffer);
-        packet.check_len()?;
-        Ok(packet)
-    }
-
-    /// Checks that the buffer holds a whole RETH; after that no accessor panics.
-    pub fn check_len(&self) -> Result<(), Error> {
-        if self.buffer.as_ref().len() < HEADER_LEN {
-            Err(Error::Truncated)
-        } else {
-            Ok(())
-        }
-    }
-
-    /// The underlying buffer.
-    pub fn into_inner(self) -> T {
-        self.buffer
-    }
-
-    /// The header as a zerocopy struct.
-    pub fn header(&self) -> &Header {
-        header_ref(self.buffer.as_ref())
-    }
-
     /// The remote virtual address.
     pub fn virtual_address(&self) -> u64 {
         self.header().virtual_address.get()
@@ -105,11 +70,6 @@ impl<T: AsRef<[u8]>> Packet<T> {
 }
 
 impl<T: AsRef<[u8]> + AsMut<[u8]>> Packet<T> {
-    /// The header as a mutable zerocopy struct.
-    pub fn header_mut(&mut self) -> &mut Header {
-        header_mut(self.buffer.as_mut())
-    }
-
     /// Sets the remote virtual address.
     pub fn set_virtual_address(&mut self, value: u64) {
         self.header_mut().virtual_address.set(value);
