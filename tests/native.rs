@@ -210,7 +210,11 @@ fn net_bench_measures_udp_and_tcp_between_native_endpoints() {
         ("native", "switch", "udp")
     );
     assert_eq!(udp.window, apps::netbench::DEFAULT_WINDOW);
-    assert_eq!((udp.lost, udp.credit_stalls), (0, 0), "{udp:?}");
+    assert_eq!(udp.lost, 0, "{udp:?}");
+    // Credits come back: a window may wait out the stall timer when the machine is busy (the
+    // server's thread did not run for 20 ms), but not a quarter of them.
+    let windows = udp.messages / u64::from(udp.window);
+    assert!(udp.credit_stalls * 4 < windows, "{udp:?}");
     let tcp = net_bench(Transport::Tcp, 4096, 100, &NetPath::Switch);
     assert_eq!(tcp.received, 100, "TCP loses nothing: {tcp:?}");
 }

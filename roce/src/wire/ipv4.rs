@@ -129,25 +129,9 @@ pub fn checksum(data: &[u8]) -> u16 {
     !ones_complement_sum(data, 0)
 }
 
-/// A view of an IPv4 datagram.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Packet<T: AsRef<[u8]>> {
-    buffer: T,
-}
+checked_view!("A view of an IPv4 datagram.");
 
 impl<T: AsRef<[u8]>> Packet<T> {
-    /// A view over `buffer` without checking it.
-    pub const fn new_unchecked(buffer: T) -> Self {
-        Packet { buffer }
-    }
-
-    /// A view over `buffer`, checked with [`Packet::check_len`].
-    pub fn new_checked(buffer: T) -> Result<Self, Error> {
-        let packet = Self::new_unchecked(buffer);
-        packet.check_len()?;
-        Ok(packet)
-    }
-
     /// Checks that the buffer holds the header (with its options) and the total length the
     /// header claims, and that the header length and total length are consistent. The buffer
     /// may be longer than the total length (Ethernet padding); the rest is ignored.
@@ -171,11 +155,6 @@ impl<T: AsRef<[u8]>> Packet<T> {
             return Err(Error::Truncated);
         }
         Ok(())
-    }
-
-    /// The underlying buffer.
-    pub fn into_inner(self) -> T {
-        self.buffer
     }
 
     /// The first 20 bytes of the header as a zerocopy struct.

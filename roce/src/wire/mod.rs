@@ -56,12 +56,11 @@
 //! Multi-bit fields narrower than their Rust type (24-bit QPNs and PSNs, the 2-bit pad count,
 //! 5-bit AETH values, ...) are masked to their width when written.
 
-/// Defines `Packet<T>`, the checked view of a fixed-size header at the start of a buffer, in a
-/// header module that has `Header` (its zerocopy struct) and `HEADER_LEN`: `new_unchecked`,
-/// `new_checked`, `check_len`, `into_inner`, `header` and `header_mut`. The module adds the
-/// field accessors. Arguments: the view's doc line, and the header's name for `check_len`'s.
-macro_rules! fixed_header_view {
-    ($doc:literal, $name:literal) => {
+/// Defines `Packet<T>`, a checked view over a buffer, in a wire module that defines the view's
+/// `check_len` itself: `new_unchecked`, `new_checked` (which calls `check_len`) and
+/// `into_inner`. The argument is the view's doc line.
+macro_rules! checked_view {
+    ($doc:literal) => {
         #[doc = $doc]
         #[derive(Debug, Clone, Copy, PartialEq, Eq)]
         pub struct Packet<T: AsRef<[u8]>> {
@@ -69,7 +68,7 @@ macro_rules! fixed_header_view {
         }
 
         impl<T: AsRef<[u8]>> Packet<T> {
-            /// A view over `buffer` without checking its length.
+            /// A view over `buffer` without checking it.
             pub const fn new_unchecked(buffer: T) -> Self {
                 Packet { buffer }
             }
@@ -81,6 +80,23 @@ macro_rules! fixed_header_view {
                 Ok(packet)
             }
 
+            /// The underlying buffer.
+            pub fn into_inner(self) -> T {
+                self.buffer
+            }
+        }
+    };
+}
+
+/// Defines `Packet<T>`, the checked view of a fixed-size header at the start of a buffer, in a
+/// header module that has `Header` (its zerocopy struct) and `HEADER_LEN`: the methods of
+/// `checked_view!`, and `check_len`, `header` and `header_mut`. The module adds the field
+/// accessors. Arguments: the view's doc line, and the header's name for `check_len`'s.
+macro_rules! fixed_header_view {
+    ($doc:literal, $name:literal) => {
+        checked_view!($doc);
+
+        impl<T: AsRef<[u8]>> Packet<T> {
             #[doc = concat!("Checks that the buffer holds a whole ", $name, "; after that no accessor panics.")]
             pub fn check_len(&self) -> Result<(), $crate::wire::Error> {
                 if self.buffer.as_ref().len() < HEADER_LEN {
@@ -88,11 +104,6 @@ macro_rules! fixed_header_view {
                 } else {
                     Ok(())
                 }
-            }
-
-            /// The underlying buffer.
-            pub fn into_inner(self) -> T {
-                self.buffer
             }
 
             /// The header as a zerocopy struct.

@@ -37,25 +37,9 @@ struct Layout {
     icrc_start: usize,
 }
 
-/// A view of an IB packet; the buffer must be exactly the packet (the UDP payload).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Packet<T: AsRef<[u8]>> {
-    buffer: T,
-}
+checked_view!("A view of an IB packet; the buffer must be exactly the packet (the UDP payload).");
 
 impl<T: AsRef<[u8]>> Packet<T> {
-    /// A view over `buffer` without checking it.
-    pub const fn new_unchecked(buffer: T) -> Self {
-        Packet { buffer }
-    }
-
-    /// A view over `buffer`, checked with [`Packet::check_len`].
-    pub fn new_checked(buffer: T) -> Result<Self, Error> {
-        let packet = Self::new_unchecked(buffer);
-        packet.check_len()?;
-        Ok(packet)
-    }
-
     /// Checks that the headers the opcode implies, the pad and the ICRC are all there.
     ///
     /// Fails with [`Error::Truncated`] when the buffer is too short for the headers and ICRC,
@@ -81,11 +65,6 @@ impl<T: AsRef<[u8]>> Packet<T> {
             return Err(Error::Malformed);
         }
         Ok(())
-    }
-
-    /// The underlying buffer.
-    pub fn into_inner(self) -> T {
-        self.buffer
     }
 
     fn layout(&self) -> Layout {

@@ -21,26 +21,11 @@ pub const ENCAPSULATION_LEN: usize = ipv4::HEADER_LEN + udp::HEADER_LEN;
 /// Offset of the BTH in a RoCEv2/IPv4 packet.
 pub const BTH_OFFSET: usize = ENCAPSULATION_LEN;
 
-/// A view of an IPv4/UDP/IB packet. The buffer may be longer than the IPv4 total length
-/// (Ethernet padding): the views stop at the lengths the headers give.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Packet<T: AsRef<[u8]>> {
-    buffer: T,
-}
+checked_view!(
+    "A view of an IPv4/UDP/IB packet. The buffer may be longer than the IPv4 total length (Ethernet padding): the views stop at the lengths the headers give."
+);
 
 impl<T: AsRef<[u8]>> Packet<T> {
-    /// A view over `buffer` without checking it.
-    pub const fn new_unchecked(buffer: T) -> Self {
-        Packet { buffer }
-    }
-
-    /// A view over `buffer`, checked with [`Packet::check_len`].
-    pub fn new_checked(buffer: T) -> Result<Self, Error> {
-        let packet = Self::new_unchecked(buffer);
-        packet.check_len()?;
-        Ok(packet)
-    }
-
     /// Checks the structure: IPv4 without options carrying UDP, to port 4791, whose length
     /// fits the IPv4 datagram, carrying an IB packet that passes
     /// [`ib::Packet::check_len`]. Checksums and the ICRC are checked by [`Repr::parse`] (or
@@ -59,11 +44,6 @@ impl<T: AsRef<[u8]>> Packet<T> {
         }
         ib::Packet::new_checked(udp.payload())?;
         Ok(())
-    }
-
-    /// The underlying buffer.
-    pub fn into_inner(self) -> T {
-        self.buffer
     }
 
     /// End of the IPv4 datagram and of the UDP datagram, clamped to the buffer.

@@ -75,25 +75,9 @@ fn pseudo_header_sum(src_addr: Ipv4Addr, dst_addr: Ipv4Addr, udp_len: u16) -> u3
     words.iter().map(|word| u32::from(*word)).sum()
 }
 
-/// A view of a UDP datagram.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Packet<T: AsRef<[u8]>> {
-    buffer: T,
-}
+checked_view!("A view of a UDP datagram.");
 
 impl<T: AsRef<[u8]>> Packet<T> {
-    /// A view over `buffer` without checking it.
-    pub const fn new_unchecked(buffer: T) -> Self {
-        Packet { buffer }
-    }
-
-    /// A view over `buffer`, checked with [`Packet::check_len`].
-    pub fn new_checked(buffer: T) -> Result<Self, Error> {
-        let packet = Self::new_unchecked(buffer);
-        packet.check_len()?;
-        Ok(packet)
-    }
-
     /// Checks that the buffer holds the header and as many bytes as the length field says
     /// (bytes beyond it are ignored), and that the length field covers the header.
     pub fn check_len(&self) -> Result<(), Error> {
@@ -109,11 +93,6 @@ impl<T: AsRef<[u8]>> Packet<T> {
             return Err(Error::Truncated);
         }
         Ok(())
-    }
-
-    /// The underlying buffer.
-    pub fn into_inner(self) -> T {
-        self.buffer
     }
 
     /// The header as a zerocopy struct.
