@@ -63,6 +63,15 @@ impl Input<'_> {
         u32::from_le_bytes([self.u8(), self.u8(), self.u8(), self.u8()])
     }
 
+    fn desc(&mut self) -> Desc {
+        Desc {
+            offset: self.u32(),
+            len: self.u32(),
+            flags: self.u32(),
+            meta: self.u32(),
+        }
+    }
+
     fn bytes(&mut self, len: usize) -> &[u8] {
         let (taken, rest) = self.0.split_at(len.min(self.0.len()));
         self.0 = rest;
@@ -143,22 +152,10 @@ fuzz_target!(|data: &[u8]| {
                 }
             }
             2 => {
-                let desc = Desc {
-                    offset: input.u32(),
-                    len: input.u32(),
-                    flags: input.u32(),
-                    meta: input.u32(),
-                };
-                let _ = client.endpoint_mut().tx.push(desc);
+                let _ = client.endpoint_mut().tx.push(input.desc());
             }
             3 => {
-                let desc = Desc {
-                    offset: input.u32(),
-                    len: input.u32(),
-                    flags: input.u32(),
-                    meta: input.u32(),
-                };
-                let _ = client.endpoint_mut().rx_return.push(desc);
+                let _ = client.endpoint_mut().rx_return.push(input.desc());
             }
             4 => {
                 now_ns += u64::from(input.u8()) * 100_000;
