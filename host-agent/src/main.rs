@@ -1063,6 +1063,7 @@ fn exit_bench(args: &ExitBenchArgs) -> Result<bool> {
 
 fn demo(args: &DemoArgs) -> Result<bool> {
     let json = args.vm.json;
+    let started = std::time::Instant::now();
     let images = args.vm.images()?;
     if !json {
         println!("== stage 1: boot OS A and OS B in one VM and exchange IPIs");
@@ -1185,6 +1186,7 @@ fn demo(args: &DemoArgs) -> Result<bool> {
         );
     }
     let mut all = true;
+    let mut between_vms = Vec::new();
     for (test, size, iters) in [
         (Test::WriteBw, 65536, 8),
         (Test::ReadLat, 64, 20),
@@ -1217,6 +1219,7 @@ fn demo(args: &DemoArgs) -> Result<bool> {
         } else {
             print_rdma_report(&report);
         }
+        between_vms.push(report);
     }
     if !json {
         println!("stage 4 {}", if all { "passed" } else { "FAILED" });
@@ -1229,6 +1232,7 @@ fn demo(args: &DemoArgs) -> Result<bool> {
         );
     }
     let mut native_ok = true;
+    let mut native = Vec::new();
     for (test, size, iters) in [(Test::WriteBw, 65536, 2000), (Test::WriteLat, 64, 2000)] {
         let params = RdmaBenchParams {
             test,
@@ -1254,11 +1258,62 @@ fn demo(args: &DemoArgs) -> Result<bool> {
             }
             print_rdma_report(&report);
         }
+        native.push(report);
     }
     if !json {
         println!("stage 5 {}", if native_ok { "passed" } else { "FAILED" });
+        print_demo_summary(
+            started.elapsed(),
+            (&ring, &between_vms, &native),
+            all && native_ok,
+        );
     }
     Ok(all && native_ok)
+}
+
+/// The demo's last lines: what ran, and the figures that matter.
+fn print_demo_summary(
+    elapsed: Duration,
+    (ring, between_vms, native): (&RingBenchReport, &[RdmaBenchReport], &[RdmaBenchReport]),
+    passed: bool,
+) {
+    let figure = |report: &RdmaBenchReport| {
+        let size = match report.size {
+            size if size >= 1024 && size.is_multiple_of(1024) => format!("{} KiB", size / 1024),
+            size => format!("{size} B"),
+        };
+        let value = match report.figures.lat_p50_us {
+            0.0 => rate(report.figures.gbit_per_sec),
+            p50 if p50 >= 1000.0 => format!("p50 {:.1} ms", p50 / 1000.0),
+            p50 => format!("p50 {p50:.1} us"),
+        };
+        format!("{} {size} {value}", report.test)
+    };
+    let line = |reports: &[RdmaBenchReport]| {
+        let figures = reports.iter().map(figure).collect::<Vec<_>>().join(", ");
+        let verdict = if reports.iter().all(|report| report.verified) {
+            "all verified"
+        } else {
+            "NOT all verified"
+        };
+        format!("{figures}; {verdict}")
+    };
+    println!();
+    println!(
+        "== summary: {} in {:.1} s",
+        if passed {
+            "every stage passed"
+        } else {
+            "a stage FAILED (see above)"
+        },
+        elapsed.as_secs_f64()
+    );
+    println!(
+        "   one VM, two OSes    booted, IPIs both ways, {} ring descriptors verified by OS B",
+        ring.descriptors
+    );
+    println!("   two VMs (emulated)  {}", line(between_vms));
+    println!("   native engines      {}", line(native));
 }
 
 fn main() -> ExitCode {
