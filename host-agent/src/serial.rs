@@ -2,11 +2,16 @@
 //! with a `[a]` / `[b]` prefix, and rate-limited so that a guest cannot flood the host.
 //!
 //! The log belongs to one vCPU thread and is touched by nothing else: collecting a byte is a
-//! fast-path exit with no lock and no hand-off. A finished line goes to the agent's log with
-//! one `write(2)` of the whole line, so lines of the two OSes never interleave mid-line.
+//! fast-path exit with no lock and no hand-off. A finished line that is to be shown goes, as a
+//! whole, through a channel to the VM's [`LinePrinter`] thread, which writes it to standard
+//! error with one `write(2)`: the vCPU thread never waits for the terminal or for a lock on
+//! standard error, and lines of the two OSes never interleave mid-line.
 
 use std::io::Write;
+use std::thread::JoinHandle;
 use std::time::Instant;
+
+use crossbeam_channel::{Sender, unbounded};
 
 /// The longest line kept; longer lines are cut and marked.
 pub const MAX_LINE: usize = 512;
@@ -21,27 +26,62 @@ pub trait LineSink: Send {
     fn line(&mut self, tag: &str, line: &str);
 }
 
-/// Writes lines to standard error as `[tag] line`.
+/// Shows lines as `[tag] line` on standard error (through a [`LinePrinter`]) and keeps them.
 #[derive(Debug, Default)]
 pub struct StderrSink {
     /// Also keep every line (for tests and reports).
     pub keep: bool,
     /// The kept lines.
     pub lines: Vec<String>,
-    /// Do not print.
-    pub quiet: bool,
+    /// The printer's channel; `None`: do not show.
+    pub echo: Option<Sender<String>>,
 }
 
 impl LineSink for StderrSink {
     fn line(&mut self, tag: &str, line: &str) {
-        if !self.quiet {
-            let text = format!("[{tag}] {line}\n");
-            // One write per line; a failed log write is not worth stopping a VM for.
-            let _ = std::io::stderr().lock().write_all(text.as_bytes());
+        if let Some(echo) = &self.echo {
+            // Never blocks (the channel is unbounded); a printer that is gone loses the line.
+            let _ = echo.send(format!("[{tag}] {line}\n"));
         }
         if self.keep {
             self.lines.push(line.to_owned());
         }
+    }
+}
+
+/// The thread that writes the serial lines of a VM's OSes to standard error, so that their
+/// vCPU threads do not.
+#[derive(Debug)]
+pub struct LinePrinter {
+    sender: Sender<String>,
+    thread: JoinHandle<()>,
+}
+
+impl LinePrinter {
+    /// Starts the printer.
+    pub fn start() -> std::io::Result<LinePrinter> {
+        let (sender, receiver) = unbounded::<String>();
+        let thread = std::thread::Builder::new()
+            .name("serial-printer".to_owned())
+            .spawn(move || {
+                for text in receiver {
+                    // One write per line; a failed log write is not worth stopping a VM for.
+                    let _ = std::io::stderr().lock().write_all(text.as_bytes());
+                }
+            })?;
+        Ok(LinePrinter { sender, thread })
+    }
+
+    /// A channel for a [`StderrSink`].
+    pub fn sender(&self) -> Sender<String> {
+        self.sender.clone()
+    }
+
+    /// Waits until every line sent so far is written. Call after the senders are dropped (the
+    /// vCPU threads have ended), or it waits for them.
+    pub fn finish(self) {
+        drop(self.sender);
+        let _ = self.thread.join();
     }
 }
 
@@ -156,7 +196,7 @@ mod tests {
             StderrSink {
                 keep: true,
                 lines: Vec::new(),
-                quiet: true,
+                echo: None,
             },
         )
     }

@@ -44,7 +44,7 @@ use crate::arch::paging::{Access, PageTableBuilder, PagingError};
 use crate::exits::{Exit, ExitSummary, SupervisorRequest};
 use crate::loader::{LoadError, load_elf};
 use crate::memory::{GuestAddress, GuestMemory, MemoryError};
-use crate::serial::{SerialLog, StderrSink};
+use crate::serial::{LinePrinter, SerialLog, StderrSink};
 use crate::vcpu::{ContextSwitches, OsEnd, SupervisorMessage, VcpuContext, VcpuOutcome};
 
 /// Size of each OS's boot stack, at the top of its segment.
@@ -467,6 +467,11 @@ impl Vm {
         let started = Instant::now();
         let (supervisor_sender, supervisor_receiver) = unbounded::<SupervisorMessage>();
         let (done_sender, done_receiver) = unbounded::<VcpuOutcome>();
+        let printer = if self.echo_serial {
+            Some(LinePrinter::start().map_err(|error| VmError::Thread("serial printer", error))?)
+        } else {
+            None
+        };
         let mut threads: Vec<(Arc<AtomicBool>, JoinHandle<()>)> = Vec::new();
         for (role, vcpu) in Role::ALL.into_iter().zip(self.vcpus.drain(..)) {
             let stop = Arc::new(AtomicBool::new(false));
@@ -480,7 +485,7 @@ impl Vm {
                     StderrSink {
                         keep: true,
                         lines: Vec::new(),
-                        quiet: !self.echo_serial,
+                        echo: printer.as_ref().map(LinePrinter::sender),
                     },
                 ),
                 measure_exits: self.measure_exits,
@@ -522,6 +527,9 @@ impl Vm {
         );
         for (_, handle) in threads {
             let _ = handle.join();
+        }
+        if let Some(printer) = printer {
+            printer.finish();
         }
         if let Some(worker) = worker
             && let Err(error) = worker.stop()
