@@ -13,11 +13,7 @@ use shm_ring::shared::SharedConfig;
 
 /// Whether this machine can run the KVM tests. When it cannot, says so loudly.
 pub fn kvm_available(test: &str) -> bool {
-    let available = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open("/dev/kvm")
-        .is_ok();
+    let available = host_agent::vm::kvm_usable();
     if !available {
         eprintln!();
         eprintln!("!!!! SKIPPED {test}: /dev/kvm is not available on this machine. !!!!");

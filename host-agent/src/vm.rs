@@ -52,6 +52,15 @@ pub const BOOT_STACK_SIZE: u64 = 256 * 1024;
 /// Where KVM's TSS for real-mode emulation goes (Intel needs it with an in-kernel irqchip).
 const KVM_TSS_ADDRESS: usize = 0xfffb_d000;
 
+/// Whether this process may use KVM: `/dev/kvm` opens for reading and writing.
+pub fn kvm_usable() -> bool {
+    std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/kvm")
+        .is_ok()
+}
+
 /// Errors building or running a VM.
 #[derive(Debug, thiserror::Error)]
 pub enum VmError {

@@ -5,11 +5,7 @@
 use std::process::Command;
 
 fn kvm_available() -> bool {
-    let available = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open("/dev/kvm")
-        .is_ok();
+    let available = host_agent::vm::kvm_usable();
     if !available {
         eprintln!("\n!!!! SKIPPED the demo test: /dev/kvm is missing or not usable here !!!!\n");
     }
