@@ -250,6 +250,7 @@ fn bench_suite_compares_rdma_with_udp_between_native_endpoints() {
         udp_count: 2000,
         tcp_count: 20,
         rtt_count: 20,
+        lat_pairs: 2,
         rdma_iters: 30,
         lat_iters: 20,
     };
@@ -260,7 +261,7 @@ fn bench_suite_compares_rdma_with_udp_between_native_endpoints() {
     let report = benchsuite::run(&mode, &params, |_| lines += 1).unwrap();
     assert!(report.verified, "{report:?}");
     assert_eq!((report.mode, report.runs), ("native", 2));
-    assert!(lines >= 10, "a progress line per measurement: {lines}");
+    assert_eq!(lines, 2 * 4 + 2 * 2, "a progress line per measurement");
     let udp = &report.udp.median;
     assert_eq!(
         (udp.messages, udp.lost),
@@ -276,6 +277,17 @@ fn bench_suite_compares_rdma_with_udp_between_native_endpoints() {
     assert!((c.goodput_ratio - c.rdma_write_gbit_per_sec / c.udp_gbit_per_sec).abs() < 1e-9);
     assert!((c.rdma_rtt_us_p50 - 2.0 * c.rdma_write_lat_us_p50).abs() < 1e-9);
     assert!((c.latency_ratio - c.rdma_rtt_us_p50 / c.udp_rtt_us_p50).abs() < 1e-9);
+    assert_eq!(report.lat_pairs, 2);
+    assert_eq!(c.latency_ratio_pairs.len(), 2, "{c:?}");
+    assert!(
+        c.latency_ratio_pairs.iter().all(|ratio| *ratio > 0.0),
+        "{c:?}"
+    );
+    assert_eq!(report.udp_rtt.median.round_trips, 20);
+    assert_eq!(
+        report.udp.median.round_trips, 0,
+        "goodput rounds measure no round trip"
+    );
     assert_eq!(c.goodput_goal_met, c.goodput_ratio >= c.goodput_goal);
     assert_eq!(c.latency_goal_met, c.latency_ratio <= c.latency_goal);
 }

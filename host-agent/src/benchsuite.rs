@@ -1,16 +1,28 @@
 //! `bench-suite`: RDMA beside the raw path it runs on, measured in one run.
 //!
-//! Every round runs, between two endpoints on the built-in switch (two VMs, or natively):
-//! `net-bench` UDP with 1024-byte datagrams (the payload of one RoCE packet at MTU 1024, so
-//! both move the same number of packets for the same bytes) and 64-byte round trips, UDP with
-//! the largest datagram of the 1500-byte link (1472 bytes), TCP with 64 KiB writes and 64-byte
-//! round trips, then `rdma-bench` `write_bw` with 64 KiB messages at MTU 1024 and `write_lat`
-//! with 64-byte messages. Rounds repeat, so that every measurement sees the same mix of machine
-//! conditions; each figure is the median over the rounds.
+//! Every goodput round runs, between two endpoints on the built-in switch (two VMs, or
+//! natively): `net-bench` UDP with 1024-byte datagrams (the payload of one RoCE packet at MTU
+//! 1024, so both move the same number of packets for the same bytes), UDP with the largest
+//! datagram of the 1500-byte link (1472 bytes), TCP with 64 KiB writes and 64-byte round trips,
+//! then `rdma-bench` `write_bw` with 64 KiB messages at MTU 1024. Every latency pair runs UDP's
+//! 64-byte round trips and `write_lat` with 64-byte messages back to back, from fresh
+//! endpoints, in alternating order. Rounds and pairs repeat, so that every measurement sees the
+//! same mix of machine conditions; each figure is the median over them.
 //!
 //! The comparison puts RDMA WRITE goodput against UDP goodput with the same packet payload, and
 //! RDMA's round trip against UDP's. `write_lat` reports half a round trip, as perftest does;
 //! the comparison doubles it, so both sides of the latency ratio are round trips.
+//!
+//! # Why latency comes in pairs
+//!
+//! On a host with fewer CPUs than engine threads (four per pair of endpoints), a round trip is
+//! mostly hand-offs between threads, and what a hand-off costs depends on which threads the
+//! scheduler put together when the endpoints started: two runs of the same test differ by a
+//! third or more. A round trip measured after a goodput measurement in the same run inherits
+//! the placement the load of that measurement left, which a fresh run does not get. So each
+//! latency pair starts both tests the same way, one right after the other, and the order
+//! alternates, so that neither side always runs first; the median over the pairs compares
+//! like with like.
 
 use std::time::Duration;
 
@@ -52,6 +64,8 @@ pub struct SuiteParams {
     pub tcp_count: u64,
     /// Round trips per UDP and TCP measurement.
     pub rtt_count: u64,
+    /// Latency pairs (UDP round trips, then `write_lat`, or the other way round).
+    pub lat_pairs: u32,
     /// RDMA WRITEs of `write_bw`.
     pub rdma_iters: u32,
     /// Round trips of `write_lat`.
@@ -61,12 +75,13 @@ pub struct SuiteParams {
 impl SuiteParams {
     /// Defaults for native endpoints: the compared goodputs each move the same 312.5 MiB
     /// (320 000 datagrams of 1 KiB, 5000 WRITEs of 64 KiB; long enough that starting up does not
-    /// count), TCP 125 MiB, and 2000 round trips.
+    /// count), TCP 125 MiB, and 2000 round trips in each of 9 latency pairs.
     pub const NATIVE: SuiteParams = SuiteParams {
         runs: 3,
         udp_count: 320_000,
         tcp_count: 2000,
         rtt_count: 2000,
+        lat_pairs: 9,
         rdma_iters: 5000,
         lat_iters: 2000,
     };
@@ -76,6 +91,7 @@ impl SuiteParams {
         udp_count: 200,
         tcp_count: 4,
         rtt_count: 20,
+        lat_pairs: 1,
         rdma_iters: 4,
         lat_iters: 20,
     };
@@ -119,8 +135,8 @@ pub enum SuiteError {
 #[derive(Clone, Debug, Serialize, PartialEq)]
 pub struct Entry<R> {
     /// The round with the median of the measurement's main figure (goodput, or for latency
-    /// tests the median latency); `verified` only if every round verified; for net-bench, the
-    /// round-trip figures are the medians over the rounds.
+    /// measurements the median latency); `verified` only if every round verified; for
+    /// net-bench goodput, the round-trip figures are the medians over the rounds.
     pub median: R,
     /// Goodput of each round, Gbit/s.
     pub gbit_per_sec_runs: Vec<f64>,
@@ -158,8 +174,10 @@ pub struct Comparison {
     pub rdma_write_lat_us_p50: f64,
     /// RDMA WRITE round trip (twice `rdma_write_lat_us_p50`), microseconds.
     pub rdma_rtt_us_p50: f64,
-    /// RDMA round trip / UDP round trip.
+    /// RDMA round trip / UDP round trip, of the medians over the latency pairs.
     pub latency_ratio: f64,
+    /// The ratio within each latency pair, in the order they ran.
+    pub latency_ratio_pairs: Vec<f64>,
     /// The largest `latency_ratio` wanted.
     pub latency_goal: f64,
     /// `latency_ratio` <= `latency_goal`.
@@ -171,17 +189,21 @@ pub struct Comparison {
 pub struct SuiteReport {
     /// `vm` or `native`.
     pub mode: &'static str,
-    /// Rounds.
+    /// Goodput rounds.
     pub runs: u32,
-    /// UDP, [`UDP_COMPARED_SIZE`]-byte datagrams, and round trips.
+    /// Latency pairs.
+    pub lat_pairs: u32,
+    /// UDP goodput, [`UDP_COMPARED_SIZE`]-byte datagrams.
     pub udp: Entry<NetBenchReport>,
+    /// UDP round trips of [`SMALL_SIZE`] bytes, one per latency pair.
+    pub udp_rtt: Entry<NetBenchReport>,
     /// UDP, [`UDP_LARGEST_SIZE`]-byte datagrams.
     pub udp_largest: Entry<NetBenchReport>,
     /// TCP, [`TCP_SIZE`]-byte writes, and round trips.
     pub tcp: Entry<NetBenchReport>,
     /// RDMA WRITE goodput.
     pub write_bw: Entry<RdmaBenchReport>,
-    /// RDMA WRITE latency.
+    /// RDMA WRITE latency, one per latency pair.
     pub write_lat: Entry<RdmaBenchReport>,
     /// RDMA against UDP.
     pub comparison: Comparison,
@@ -267,6 +289,74 @@ fn ratio(numerator: f64, denominator: f64) -> f64 {
     }
 }
 
+/// One `net-bench` measurement between fresh endpoints.
+fn run_net(mode: &SuiteMode<'_>, params: &NetBenchParams) -> Result<NetBenchReport, SuiteError> {
+    Ok(match mode {
+        SuiteMode::Native { idle_spin } => {
+            netbench::run_native(params, &NetPath::Switch, *idle_spin, false)?.0
+        }
+        SuiteMode::Vm { base, timeout } => {
+            netbench::run_vms(base, params, &NetPath::Switch, *timeout)?.0
+        }
+    })
+}
+
+/// One `rdma-bench` measurement between fresh endpoints.
+fn run_rdma(mode: &SuiteMode<'_>, params: &RdmaBenchParams) -> Result<RdmaBenchReport, SuiteError> {
+    Ok(match mode {
+        SuiteMode::Native { idle_spin } => rdmabench::run_native(params, *idle_spin, false)?.0,
+        SuiteMode::Vm { base, timeout } => rdmabench::run_vms(base, params, *timeout, None)?.0,
+    })
+}
+
+/// `, NOT verified` for a measurement that did not verify.
+fn unverified(verified: bool) -> &'static str {
+    if verified { "" } else { ", NOT verified" }
+}
+
+/// The progress line of a `net-bench` measurement.
+fn net_line(report: &NetBenchReport) -> String {
+    let mut line = format!("{} {} B: ", report.transport, report.size);
+    if report.messages > 0 {
+        line += &format!(
+            "{}, {} of {} received",
+            rate(report.gbit_per_sec),
+            report.received,
+            report.messages
+        );
+    }
+    if report.round_trips > 0 {
+        if report.messages > 0 {
+            line += ", ";
+        }
+        line += &format!(
+            "round trip p50 {:.1} us ({} B)",
+            report.rtt_us_p50, report.rtt_size
+        );
+    }
+    line + unverified(report.verified)
+}
+
+/// The progress line of an `rdma-bench` measurement.
+fn rdma_line(report: &RdmaBenchReport) -> String {
+    // A latency test's throughput says nothing; a bandwidth test measures no latency.
+    let figure = if report.figures.lat_p50_us > 0.0 {
+        format!(
+            "latency p50 {:.1} us (round trip {:.1} us)",
+            report.figures.lat_p50_us,
+            2.0 * report.figures.lat_p50_us
+        )
+    } else {
+        rate(report.figures.gbit_per_sec)
+    };
+    format!(
+        "rdma {} {} B: {figure}{}",
+        report.test,
+        report.size,
+        unverified(report.verified)
+    )
+}
+
 /// Runs the suite; `progress` gets a line after each measurement.
 pub fn run(
     mode: &SuiteMode<'_>,
@@ -283,12 +373,7 @@ pub fn run(
         rtt_count,
     };
     let nets = [
-        net(
-            Transport::Udp,
-            UDP_COMPARED_SIZE,
-            params.udp_count,
-            params.rtt_count,
-        ),
+        net(Transport::Udp, UDP_COMPARED_SIZE, params.udp_count, 0),
         net(Transport::Udp, UDP_LARGEST_SIZE, params.udp_count, 0),
         net(Transport::Tcp, TCP_SIZE, params.tcp_count, params.rtt_count),
     ];
@@ -300,84 +385,65 @@ pub fn run(
         mtu: RDMA_MTU,
         qp_timeout: None,
     };
-    let rdmas = [
-        rdma(Test::WriteBw, RDMA_SIZE, params.rdma_iters),
-        rdma(Test::WriteLat, SMALL_SIZE, params.lat_iters),
-    ];
+    let write_bw_params = rdma(Test::WriteBw, RDMA_SIZE, params.rdma_iters);
+    let udp_rtt_params = net(Transport::Udp, SMALL_SIZE, 0, params.rtt_count);
+    let write_lat_params = rdma(Test::WriteLat, SMALL_SIZE, params.lat_iters);
     let runs = params.runs.max(1);
     let mut net_rounds: [Vec<NetBenchReport>; 3] = Default::default();
-    let mut rdma_rounds: [Vec<RdmaBenchReport>; 2] = Default::default();
+    let mut write_bw_rounds = Vec::new();
     for round in 1..=runs {
         for (index, params) in nets.iter().enumerate() {
-            let report = match mode {
-                SuiteMode::Native { idle_spin } => {
-                    netbench::run_native(params, &NetPath::Switch, *idle_spin, false)?.0
-                }
-                SuiteMode::Vm { base, timeout } => {
-                    netbench::run_vms(base, params, &NetPath::Switch, *timeout)?.0
-                }
-            };
-            let round_trip = if report.round_trips > 0 {
-                format!(", round trip p50 {:.1} us", report.rtt_us_p50)
-            } else {
-                String::new()
-            };
-            progress(&format!(
-                "round {round}/{runs}: {} {} B: {}, {} of {} received{round_trip}{}",
-                report.transport,
-                report.size,
-                rate(report.gbit_per_sec),
-                report.received,
-                report.messages,
-                if report.verified {
-                    ""
-                } else {
-                    ", NOT verified"
-                }
-            ));
+            let report = run_net(mode, params)?;
+            progress(&format!("round {round}/{runs}: {}", net_line(&report)));
             net_rounds[index].push(report);
         }
-        for (index, params) in rdmas.iter().enumerate() {
-            let report = match mode {
-                SuiteMode::Native { idle_spin } => {
-                    rdmabench::run_native(params, *idle_spin, false)?.0
-                }
-                SuiteMode::Vm { base, timeout } => {
-                    rdmabench::run_vms(base, params, *timeout, None)?.0
-                }
-            };
-            // A latency test's throughput says nothing; a bandwidth test measures no latency.
-            let figure = if report.figures.lat_p50_us > 0.0 {
-                format!("latency p50 {:.1} us", report.figures.lat_p50_us)
+        let report = run_rdma(mode, &write_bw_params)?;
+        progress(&format!("round {round}/{runs}: {}", rdma_line(&report)));
+        write_bw_rounds.push(report);
+    }
+    let lat_pairs = params.lat_pairs.max(1);
+    let mut udp_rtt_pairs = Vec::new();
+    let mut write_lat_pairs = Vec::new();
+    let mut latency_ratio_pairs = Vec::new();
+    for pair in 1..=lat_pairs {
+        let prefix = format!("latency pair {pair}/{lat_pairs}");
+        let mut udp_rtt = None;
+        let mut write_lat = None;
+        // Odd pairs start with UDP, even ones with RDMA.
+        for rdma_turn in [pair % 2 == 0, pair % 2 == 1] {
+            if rdma_turn {
+                let report = run_rdma(mode, &write_lat_params)?;
+                progress(&format!("{prefix}: {}", rdma_line(&report)));
+                write_lat = Some(report);
             } else {
-                rate(report.figures.gbit_per_sec)
-            };
-            progress(&format!(
-                "round {round}/{runs}: rdma {} {} B: {figure}{}",
-                report.test,
-                report.size,
-                if report.verified {
-                    ""
-                } else {
-                    ", NOT verified"
-                }
-            ));
-            rdma_rounds[index].push(report);
+                let report = run_net(mode, &udp_rtt_params)?;
+                progress(&format!("{prefix}: {}", net_line(&report)));
+                udp_rtt = Some(report);
+            }
         }
+        let (Some(udp_rtt), Some(write_lat)) = (udp_rtt, write_lat) else {
+            return Err(SuiteError::NoRounds);
+        };
+        latency_ratio_pairs.push(ratio(
+            2.0 * write_lat.figures.lat_p50_us,
+            udp_rtt.rtt_us_p50,
+        ));
+        udp_rtt_pairs.push(udp_rtt);
+        write_lat_pairs.push(write_lat);
     }
     let [udp, udp_largest, tcp] = net_rounds;
-    let [write_bw, write_lat] = rdma_rounds;
     let udp = net_entry(&udp).ok_or(SuiteError::NoRounds)?;
     let udp_largest = net_entry(&udp_largest).ok_or(SuiteError::NoRounds)?;
     let tcp = net_entry(&tcp).ok_or(SuiteError::NoRounds)?;
-    let write_bw = entry(&write_bw, false).ok_or(SuiteError::NoRounds)?;
-    let write_lat = entry(&write_lat, true).ok_or(SuiteError::NoRounds)?;
+    let write_bw = entry(&write_bw_rounds, false).ok_or(SuiteError::NoRounds)?;
+    let udp_rtt = entry(&udp_rtt_pairs, true).ok_or(SuiteError::NoRounds)?;
+    let write_lat = entry(&write_lat_pairs, true).ok_or(SuiteError::NoRounds)?;
     let goodput_ratio = ratio(
         write_bw.median.figures.gbit_per_sec,
         udp.median.gbit_per_sec,
     );
     let rdma_rtt = 2.0 * write_lat.median.figures.lat_p50_us;
-    let latency_ratio = ratio(rdma_rtt, udp.median.rtt_us_p50);
+    let latency_ratio = ratio(rdma_rtt, udp_rtt.median.rtt_us_p50);
     let comparison = Comparison {
         udp_size: UDP_COMPARED_SIZE,
         rdma_mtu: RDMA_MTU.bytes(),
@@ -389,10 +455,11 @@ pub fn run(
         goodput_goal_met: goodput_ratio >= GOODPUT_GOAL,
         udp_largest_gbit_per_sec: udp_largest.median.gbit_per_sec,
         rtt_size: SMALL_SIZE,
-        udp_rtt_us_p50: udp.median.rtt_us_p50,
+        udp_rtt_us_p50: udp_rtt.median.rtt_us_p50,
         rdma_write_lat_us_p50: write_lat.median.figures.lat_p50_us,
         rdma_rtt_us_p50: rdma_rtt,
         latency_ratio,
+        latency_ratio_pairs,
         latency_goal: LATENCY_GOAL,
         latency_goal_met: latency_ratio > 0.0 && latency_ratio <= LATENCY_GOAL,
     };
@@ -400,6 +467,7 @@ pub fn run(
         && udp_largest.median.verified
         && tcp.median.verified
         && write_bw.median.verified
+        && udp_rtt.median.verified
         && write_lat.median.verified;
     Ok(SuiteReport {
         mode: match mode {
@@ -407,7 +475,9 @@ pub fn run(
             SuiteMode::Vm { .. } => "vm",
         },
         runs,
+        lat_pairs,
         udp,
+        udp_rtt,
         udp_largest,
         tcp,
         write_bw,

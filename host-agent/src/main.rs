@@ -84,19 +84,23 @@ enum Command {
     NetBench(NetBenchArgs),
     /// Run net-bench and rdma-bench side by side, and compare RDMA with the raw path.
     ///
-    /// Each round runs, between two endpoints on the built-in switch: UDP goodput with
-    /// 1024-byte datagrams (one RoCE packet's payload at MTU 1024) and 64-byte round trips, UDP
-    /// goodput with 1472-byte datagrams, TCP goodput with 64 KiB writes and 64-byte round
-    /// trips, RDMA write_bw (64 KiB messages, MTU 1024) and write_lat (64 bytes). Rounds repeat
-    /// (--runs); each figure is the median over them. The comparison puts RDMA WRITE goodput
-    /// against UDP's with 1024-byte datagrams, and RDMA's round trip (twice write_lat, which
-    /// reports half a round trip as perftest does) against UDP's.
-    /// JSON keys: mode, runs, udp, udp_largest, tcp (net-bench reports), write_bw, write_lat
-    /// (rdma-bench reports), each as {median, gbit_per_sec_runs, latency_us_p50_runs};
-    /// comparison {udp_size, rdma_mtu, rdma_size, udp_gbit_per_sec, rdma_write_gbit_per_sec,
-    /// goodput_ratio, goodput_goal, goodput_goal_met, udp_largest_gbit_per_sec, rtt_size,
-    /// udp_rtt_us_p50, rdma_write_lat_us_p50, rdma_rtt_us_p50, latency_ratio, latency_goal,
-    /// latency_goal_met}; verified.
+    /// Each goodput round runs, between two endpoints on the built-in switch: UDP goodput with
+    /// 1024-byte datagrams (one RoCE packet's payload at MTU 1024), UDP goodput with
+    /// 1472-byte datagrams, TCP goodput with 64 KiB writes and 64-byte round trips, and RDMA
+    /// write_bw (64 KiB messages, MTU 1024). Each latency pair runs UDP 64-byte round trips and
+    /// RDMA write_lat (64 bytes) back to back from fresh endpoints, the order alternating
+    /// (where threads outnumber CPUs, a round trip depends on how the scheduler placed them).
+    /// Rounds (--runs) and pairs (--lat-pairs) repeat; each figure is the median over them.
+    /// The comparison puts RDMA WRITE goodput against UDP's with 1024-byte datagrams, and
+    /// RDMA's round trip (twice write_lat, which reports half a round trip as perftest does)
+    /// against UDP's.
+    /// JSON keys: mode, runs, lat_pairs, udp, udp_rtt, udp_largest, tcp (net-bench reports),
+    /// write_bw, write_lat (rdma-bench reports), each as {median, gbit_per_sec_runs,
+    /// latency_us_p50_runs}; comparison {udp_size, rdma_mtu, rdma_size, udp_gbit_per_sec,
+    /// rdma_write_gbit_per_sec, goodput_ratio, goodput_goal, goodput_goal_met,
+    /// udp_largest_gbit_per_sec, rtt_size, udp_rtt_us_p50, rdma_write_lat_us_p50,
+    /// rdma_rtt_us_p50, latency_ratio, latency_ratio_pairs, latency_goal, latency_goal_met};
+    /// verified.
     BenchSuite(BenchSuiteArgs),
     /// Run one RDMA endpoint against a peer on a real network (a TAP device).
     ///
@@ -328,9 +332,12 @@ struct BenchSuiteArgs {
     /// Run the engines as host threads instead of in VMs.
     #[arg(long)]
     native: bool,
-    /// Rounds [default: native 3, VM 1].
+    /// Goodput rounds [default: native 3, VM 1].
     #[arg(long)]
     runs: Option<u32>,
+    /// Latency pairs [default: native 9, VM 1].
+    #[arg(long)]
+    lat_pairs: Option<u32>,
     /// UDP datagrams per goodput measurement [default: native 320000, VM 200].
     #[arg(long)]
     udp_count: Option<u64>,
@@ -839,6 +846,10 @@ fn print_suite_report(report: &SuiteReport) {
         1 => "one round".to_owned(),
         runs => format!("median of {runs} rounds"),
     };
+    let pairs = match report.lat_pairs {
+        1 => "one pair".to_owned(),
+        pairs => format!("median of {pairs} pairs"),
+    };
     println!(
         "suite ({}, {rounds}): UDP {} B {}, UDP {} B {}, TCP {}",
         report.mode,
@@ -849,12 +860,12 @@ fn print_suite_report(report: &SuiteReport) {
         rate(report.tcp.median.gbit_per_sec)
     );
     println!(
-        "suite: round trips of {} B: UDP p50 {:.1} us, TCP p50 {:.1} us, RDMA WRITE p50 {:.1} us (write_lat {:.1} us)",
+        "suite: round trips of {} B ({pairs}): UDP p50 {:.1} us, RDMA WRITE p50 {:.1} us (write_lat {:.1} us); TCP p50 {:.1} us",
         comparison.rtt_size,
         comparison.udp_rtt_us_p50,
-        report.tcp.median.rtt_us_p50,
         comparison.rdma_rtt_us_p50,
-        comparison.rdma_write_lat_us_p50
+        comparison.rdma_write_lat_us_p50,
+        report.tcp.median.rtt_us_p50,
     );
     println!(
         "suite: RDMA WRITE {} B at MTU {}: {} = {:.2} x UDP with {} B datagrams (goal >= {}: {})",
@@ -870,9 +881,15 @@ fn print_suite_report(report: &SuiteReport) {
             "NOT met"
         }
     );
+    let pair_ratios: Vec<String> = comparison
+        .latency_ratio_pairs
+        .iter()
+        .map(|ratio| format!("{ratio:.2}"))
+        .collect();
     println!(
-        "suite: RDMA round trip = {:.2} x UDP's (goal <= {}: {}); {}",
+        "suite: RDMA round trip = {:.2} x UDP's (pairs: {}; goal <= {}: {}); {}",
         comparison.latency_ratio,
+        pair_ratios.join(" "),
         comparison.latency_goal,
         if comparison.latency_goal_met {
             "met"
@@ -898,17 +915,19 @@ fn bench_suite(args: &BenchSuiteArgs) -> Result<bool> {
         udp_count: args.udp_count.unwrap_or(defaults.udp_count),
         tcp_count: args.tcp_count.unwrap_or(defaults.tcp_count),
         rtt_count: args.rtt_count.unwrap_or(defaults.rtt_count),
+        lat_pairs: args.lat_pairs.unwrap_or(defaults.lat_pairs),
         rdma_iters: args.rdma_iters.unwrap_or(defaults.rdma_iters),
         lat_iters: args.lat_iters.unwrap_or(defaults.lat_iters),
     };
     if params.runs == 0
+        || params.lat_pairs == 0
         || params.udp_count == 0
         || params.tcp_count == 0
         || params.rtt_count == 0
         || params.rdma_iters == 0
         || params.lat_iters == 0
     {
-        anyhow::bail!("--runs and every count must be at least 1");
+        anyhow::bail!("--runs, --lat-pairs and every count must be at least 1");
     }
     let json = args.vm.json;
     let progress = |line: &str| {
