@@ -2,27 +2,27 @@
 //!
 //! Every goodput round runs, between two endpoints on the built-in switch (two VMs, or
 //! natively): `net-bench` UDP with 1024-byte datagrams (the payload of one RoCE packet at MTU
-//! 1024, so both move the same number of packets for the same bytes), UDP with the largest
-//! datagram of the 1500-byte link (1472 bytes), TCP with 64 KiB writes and 64-byte round trips,
-//! then `rdma-bench` `write_bw` with 64 KiB messages at MTU 1024. Every latency pair runs UDP's
-//! 64-byte round trips and `write_lat` with 64-byte messages back to back, from fresh
-//! endpoints, in alternating order. Rounds and pairs repeat, so that every measurement sees the
+//! 1024, so both move the same number of packets for the same bytes) and `rdma-bench`
+//! `write_bw` with 64 KiB messages at MTU 1024, back to back in alternating order, then UDP with
+//! the largest datagram of the 1500-byte link (1472 bytes) and TCP with 64 KiB writes and
+//! 64-byte round trips. Every latency pair runs UDP's 64-byte round trips and `write_lat` with
+//! 64-byte messages back to back, from fresh endpoints, in alternating order. Rounds and pairs repeat, so that every measurement sees the
 //! same mix of machine conditions; each figure is the median over them.
 //!
 //! The comparison puts RDMA WRITE goodput against UDP goodput with the same packet payload, and
 //! RDMA's round trip against UDP's. `write_lat` reports half a round trip, as perftest does;
 //! the comparison doubles it, so both sides of the latency ratio are round trips.
 //!
-//! # Why latency comes in pairs
+//! # Why the compared measurements come in pairs
 //!
 //! On a host with fewer CPUs than engine threads (four per pair of endpoints), a round trip is
 //! mostly hand-offs between threads, and what a hand-off costs depends on which threads the
 //! scheduler put together when the endpoints started: two runs of the same test differ by a
-//! third or more. A round trip measured after a goodput measurement in the same run inherits
-//! the placement the load of that measurement left, which a fresh run does not get. So each
-//! latency pair starts both tests the same way, one right after the other, and the order
-//! alternates, so that neither side always runs first; the median over the pairs compares
-//! like with like.
+//! third or more, and goodput moves with what else the host runs. A round trip measured after
+//! a goodput measurement in the same run inherits the placement the load of that measurement
+//! left, which a fresh run does not get. So the compared measurements start the same way, one
+//! right after the other, and the order alternates, so that neither side always runs first;
+//! the medians over the rounds and pairs compare like with like.
 
 use std::time::Duration;
 
@@ -77,7 +77,7 @@ impl SuiteParams {
     /// (320 000 datagrams of 1 KiB, 5000 WRITEs of 64 KiB; long enough that starting up does not
     /// count), TCP 125 MiB, and 2000 round trips in each of 9 latency pairs.
     pub const NATIVE: SuiteParams = SuiteParams {
-        runs: 3,
+        runs: 5,
         udp_count: 320_000,
         tcp_count: 2000,
         rtt_count: 2000,
@@ -392,14 +392,23 @@ pub fn run(
     let mut net_rounds: [Vec<NetBenchReport>; 3] = Default::default();
     let mut write_bw_rounds = Vec::new();
     for round in 1..=runs {
-        for (index, params) in nets.iter().enumerate() {
+        // The compared pair back to back, odd rounds starting with UDP, even ones with RDMA.
+        for rdma_turn in [round % 2 == 0, round % 2 == 1] {
+            if rdma_turn {
+                let report = run_rdma(mode, &write_bw_params)?;
+                progress(&format!("round {round}/{runs}: {}", rdma_line(&report)));
+                write_bw_rounds.push(report);
+            } else {
+                let report = run_net(mode, &nets[0])?;
+                progress(&format!("round {round}/{runs}: {}", net_line(&report)));
+                net_rounds[0].push(report);
+            }
+        }
+        for (index, params) in nets.iter().enumerate().skip(1) {
             let report = run_net(mode, params)?;
             progress(&format!("round {round}/{runs}: {}", net_line(&report)));
             net_rounds[index].push(report);
         }
-        let report = run_rdma(mode, &write_bw_params)?;
-        progress(&format!("round {round}/{runs}: {}", rdma_line(&report)));
-        write_bw_rounds.push(report);
     }
     let lat_pairs = params.lat_pairs.max(1);
     let mut udp_rtt_pairs = Vec::new();

@@ -85,9 +85,10 @@ enum Command {
     /// Run net-bench and rdma-bench side by side, and compare RDMA with the raw path.
     ///
     /// Each goodput round runs, between two endpoints on the built-in switch: UDP goodput with
-    /// 1024-byte datagrams (one RoCE packet's payload at MTU 1024), UDP goodput with
-    /// 1472-byte datagrams, TCP goodput with 64 KiB writes and 64-byte round trips, and RDMA
-    /// write_bw (64 KiB messages, MTU 1024). Each latency pair runs UDP 64-byte round trips and
+    /// 1024-byte datagrams (one RoCE packet's payload at MTU 1024) and RDMA write_bw (64 KiB
+    /// messages, MTU 1024) back to back, the order alternating, then UDP goodput with
+    /// 1472-byte datagrams and TCP goodput with 64 KiB writes and 64-byte round trips. Each
+    /// latency pair runs UDP 64-byte round trips and
     /// RDMA write_lat (64 bytes) back to back from fresh endpoints, the order alternating
     /// (where threads outnumber CPUs, a round trip depends on how the scheduler placed them).
     /// Rounds (--runs) and pairs (--lat-pairs) repeat; each figure is the median over them.
@@ -332,7 +333,7 @@ struct BenchSuiteArgs {
     /// Run the engines as host threads instead of in VMs.
     #[arg(long)]
     native: bool,
-    /// Goodput rounds [default: native 3, VM 1].
+    /// Goodput rounds [default: native 5, VM 1].
     #[arg(long)]
     runs: Option<u32>,
     /// Latency pairs [default: native 9, VM 1].
