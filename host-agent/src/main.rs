@@ -256,7 +256,7 @@ struct RdmaBenchArgs {
     #[arg(long, default_value_t = 1024)]
     mtu: u32,
     /// The QPs' local ACK timeout: unacknowledged packets are resent after 4.096 µs << N
-    /// (perftest's -u; 0 waits forever). Default: 14 (67 ms) natively, 18 (1.07 s) in VMs,
+    /// (perftest's -u; 0 waits forever). Default: 14 (67 ms) natively, 20 (4.3 s) in VMs,
     /// whose emulated guests take milliseconds per packet.
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u8).range(0..=31))]
     qp_timeout: Option<u8>,
@@ -399,7 +399,7 @@ struct RdmaArgs {
     #[arg(long, default_value_t = 1024)]
     mtu: u32,
     /// The QP's local ACK timeout: unacknowledged packets are resent after 4.096 µs << N
-    /// (perftest's -u; 0 waits forever). Default: 14 (67 ms) natively, 18 (1.07 s) in a VM.
+    /// (perftest's -u; 0 waits forever). Default: 14 (67 ms) natively, 20 (4.3 s) in a VM.
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u8).range(0..=31))]
     qp_timeout: Option<u8>,
     /// The connection exchange the peer speaks.
@@ -657,7 +657,7 @@ fn print_rdma_report(report: &RdmaBenchReport) {
     print_figures(&report.figures);
 }
 
-/// A local ACK timeout as people read it: `18 (1.07 s)`.
+/// A local ACK timeout as people read it: `20 (4.29 s)`.
 fn qp_timeout_text(timeout: u8) -> String {
     if timeout == 0 {
         return "0 (never)".to_owned();

@@ -39,11 +39,13 @@ pub struct RdmaBenchParams {
     pub qp_timeout: Option<u8>,
 }
 
-/// The local ACK timeout in VMs unless told otherwise: `4.096 µs << 18`, about 1.07 s. An
-/// emulated guest spends milliseconds on a packet, so 128 packets in flight take about half a
-/// second to be acknowledged; at `ibv_rc_pingpong`'s 67 ms the requester would resend what is
-/// only queued (measured: a third of all packets of a `write_bw` run).
-pub const VM_QP_TIMEOUT: u8 = 18;
+/// The local ACK timeout in VMs unless told otherwise: `4.096 µs << 20`, about 4.3 s. An
+/// emulated guest spends milliseconds on a packet, so 128 packets in flight take from half a
+/// second to more than a second to be acknowledged, depending on how fast the host emulates
+/// (hosts of the same kind differed by a factor of three); at `ibv_rc_pingpong`'s 67 ms the
+/// requester would resend what is only queued (measured: a third of all packets of a
+/// `write_bw` run), and at 1.07 s it still did on the slower hosts (32 of 128).
+pub const VM_QP_TIMEOUT: u8 = 20;
 
 impl RdmaBenchParams {
     /// The local ACK timeout for a run in VMs (`vm`) or natively.
