@@ -219,19 +219,18 @@ fn fast_path_exits_cause_no_context_switch_and_supervisor_exits_are_answered() {
     // Boot and logging add fast exits; the probe loop adds exactly 1000 supervisor exits.
     assert!(report.fast_path.exits >= 1000, "{report:#?}");
     assert_eq!(report.supervisor_path.exits, 1000, "{report:#?}");
-    // The fast path never blocks; preemption by other load is the only way to switch.
+    // The fast path never blocks: it switches only when other load preempts it (involuntary
+    // switches, as many as the host's load makes: the other tests run beside this one).
     assert_eq!(
         report.fast_path.context_switches.voluntary, 0,
         "{report:#?}"
     );
+    // The supervisor path hands each exit over and waits for the answer: whether the vCPU
+    // thread blocks meanwhile depends on how soon the supervisor runs (on some hosts two
+    // context switches per exit, on others the answer comes while it still spins), but the
+    // hand-off always costs far more than handling the exit in place.
     assert!(
-        report.fast_path.context_switches_per_exit < 0.05,
-        "{report:#?}"
-    );
-    // The supervisor path hands over and waits: the vCPU thread blocks or yields for the
-    // answer, a context switch or more per exit.
-    assert!(
-        report.supervisor_path.context_switches_per_exit > 0.5,
+        report.supervisor_path.host_us_per_exit > 5.0 * report.fast_path.host_us_per_exit,
         "{report:#?}"
     );
 }
