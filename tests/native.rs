@@ -215,6 +215,9 @@ fn net_bench_measures_udp_and_tcp_between_native_endpoints() {
     // server's thread did not run for 20 ms), but not a quarter of them.
     let windows = udp.messages / u64::from(udp.window);
     assert!(udp.credit_stalls * 4 < windows, "{udp:?}");
+    // The largest datagrams too: the receiving socket holds a full burst of them.
+    let largest = net_bench(Transport::Udp, 1472, 20_000, &NetPath::Switch);
+    assert_eq!(largest.lost, 0, "{largest:?}");
     let tcp = net_bench(Transport::Tcp, 4096, 100, &NetPath::Switch);
     assert_eq!(tcp.received, 100, "TCP loses nothing: {tcp:?}");
 }

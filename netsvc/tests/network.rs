@@ -650,6 +650,56 @@ fn events_wait_for_pool_b_and_roce_drops_are_counted() {
 }
 
 #[test]
+fn a_burst_of_full_sized_datagrams_arrives_whole() {
+    // A UDP socket's buffers hold `udp_packets` datagrams of the largest size the link
+    // carries: a burst that large, sent at once and taken off the wire in one poll, loses
+    // nothing on either side (smoltcp drops what its buffers have no room for).
+    let mut net = Net::new(WireConfig::default());
+    let server = net.right.client.udp_bind(7).unwrap();
+    net.wait_for(true, |event| matches!(event, Ev::Bound { .. }));
+    let client = net.left.client.udp_bind(0).unwrap();
+    net.wait_for(false, |event| matches!(event, Ev::Bound { .. }));
+    let server_address = SocketAddrV4::new(IP_RIGHT, 7);
+    // The first datagram resolves the server's MAC, so that the burst leaves at once.
+    net.left
+        .client
+        .udp_send(client, server_address, b"hello")
+        .unwrap();
+    net.wait_for(true, |event| matches!(event, Ev::UdpRecv { .. }));
+    let burst = net.right.service.config().udp_packets;
+    let largest = 1500 - 28;
+    let datagrams: Vec<Vec<u8>> = (0..burst).map(|i| pattern(i as u8, i, largest)).collect();
+    for datagram in &datagrams {
+        net.left
+            .client
+            .udp_send(client, server_address, datagram)
+            .unwrap();
+    }
+    let mut received = Vec::new();
+    net.run_until(1_000_000_000, |net| {
+        for event in net.right.events() {
+            let Ev::UdpRecv {
+                handle, payload, ..
+            } = event
+            else {
+                panic!("unexpected {event:?}");
+            };
+            assert_eq!(handle, server);
+            received.push(payload);
+        }
+        (received.len() == burst).then_some(())
+    });
+    assert_eq!(received, datagrams);
+    assert_eq!(
+        net.left.events(),
+        Vec::new(),
+        "no error on the sending side"
+    );
+    assert_eq!(net.left.service.stats().udp_tx_dropped, 0);
+    assert_eq!(net.right.service.stats().udp_rx_dropped, 0);
+}
+
+#[test]
 fn mac_zero_in_the_config_takes_the_nics() {
     let (nic, _host) = memwire::pair(MAC_RIGHT, HOST_MAC, WireConfig::default());
     let node = Node::new(nic, IP_RIGHT, |config| config.mac = [0; 6]);
