@@ -6,8 +6,9 @@
 //! `write_bw` with 64 KiB messages at MTU 1024, back to back in alternating order, then UDP with
 //! the largest datagram of the 1500-byte link (1472 bytes) and TCP with 64 KiB writes and
 //! 64-byte round trips. Every latency pair runs UDP's 64-byte round trips and `write_lat` with
-//! 64-byte messages back to back, from fresh endpoints, in alternating order. Rounds and pairs repeat, so that every measurement sees the
-//! same mix of machine conditions; each figure is the median over them.
+//! 64-byte messages back to back, from fresh endpoints, in alternating order. Rounds and pairs
+//! repeat, so that every measurement sees the same mix of machine conditions; each figure is
+//! the median over them.
 //!
 //! The comparison puts RDMA WRITE goodput against UDP goodput with the same packet payload, and
 //! RDMA's round trip against UDP's. `write_lat` reports half a round trip, as perftest does;
