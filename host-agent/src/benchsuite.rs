@@ -358,6 +358,34 @@ fn rdma_line(report: &RdmaBenchReport) -> String {
     )
 }
 
+/// A UDP and an RDMA measurement back to back, RDMA first when `rdma_first` (the suite
+/// alternates, so that neither side always runs first); each reports a line to `progress`.
+fn compared_pair(
+    mode: &SuiteMode<'_>,
+    (net, rdma): (&NetBenchParams, &RdmaBenchParams),
+    rdma_first: bool,
+    prefix: &str,
+    progress: &mut impl FnMut(&str),
+) -> Result<(NetBenchReport, RdmaBenchReport), SuiteError> {
+    let measure_net = |progress: &mut dyn FnMut(&str)| {
+        let report = run_net(mode, net)?;
+        progress(&format!("{prefix}: {}", net_line(&report)));
+        Ok::<_, SuiteError>(report)
+    };
+    let measure_rdma = |progress: &mut dyn FnMut(&str)| {
+        let report = run_rdma(mode, rdma)?;
+        progress(&format!("{prefix}: {}", rdma_line(&report)));
+        Ok::<_, SuiteError>(report)
+    };
+    if rdma_first {
+        let rdma = measure_rdma(progress)?;
+        Ok((measure_net(progress)?, rdma))
+    } else {
+        let net = measure_net(progress)?;
+        Ok((net, measure_rdma(progress)?))
+    }
+}
+
 /// Runs the suite; `progress` gets a line after each measurement.
 pub fn run(
     mode: &SuiteMode<'_>,
@@ -393,21 +421,19 @@ pub fn run(
     let mut net_rounds: [Vec<NetBenchReport>; 3] = Default::default();
     let mut write_bw_rounds = Vec::new();
     for round in 1..=runs {
-        // The compared pair back to back, odd rounds starting with UDP, even ones with RDMA.
-        for rdma_turn in [round % 2 == 0, round % 2 == 1] {
-            if rdma_turn {
-                let report = run_rdma(mode, &write_bw_params)?;
-                progress(&format!("round {round}/{runs}: {}", rdma_line(&report)));
-                write_bw_rounds.push(report);
-            } else {
-                let report = run_net(mode, &nets[0])?;
-                progress(&format!("round {round}/{runs}: {}", net_line(&report)));
-                net_rounds[0].push(report);
-            }
-        }
+        let prefix = format!("round {round}/{runs}");
+        let (udp, write_bw) = compared_pair(
+            mode,
+            (&nets[0], &write_bw_params),
+            round % 2 == 0,
+            &prefix,
+            &mut progress,
+        )?;
+        net_rounds[0].push(udp);
+        write_bw_rounds.push(write_bw);
         for (index, params) in nets.iter().enumerate().skip(1) {
             let report = run_net(mode, params)?;
-            progress(&format!("round {round}/{runs}: {}", net_line(&report)));
+            progress(&format!("{prefix}: {}", net_line(&report)));
             net_rounds[index].push(report);
         }
     }
@@ -416,24 +442,13 @@ pub fn run(
     let mut write_lat_pairs = Vec::new();
     let mut latency_ratio_pairs = Vec::new();
     for pair in 1..=lat_pairs {
-        let prefix = format!("latency pair {pair}/{lat_pairs}");
-        let mut udp_rtt = None;
-        let mut write_lat = None;
-        // Odd pairs start with UDP, even ones with RDMA.
-        for rdma_turn in [pair % 2 == 0, pair % 2 == 1] {
-            if rdma_turn {
-                let report = run_rdma(mode, &write_lat_params)?;
-                progress(&format!("{prefix}: {}", rdma_line(&report)));
-                write_lat = Some(report);
-            } else {
-                let report = run_net(mode, &udp_rtt_params)?;
-                progress(&format!("{prefix}: {}", net_line(&report)));
-                udp_rtt = Some(report);
-            }
-        }
-        let (Some(udp_rtt), Some(write_lat)) = (udp_rtt, write_lat) else {
-            return Err(SuiteError::NoRounds);
-        };
+        let (udp_rtt, write_lat) = compared_pair(
+            mode,
+            (&udp_rtt_params, &write_lat_params),
+            pair % 2 == 0,
+            &format!("latency pair {pair}/{lat_pairs}"),
+            &mut progress,
+        )?;
         latency_ratio_pairs.push(ratio(
             2.0 * write_lat.figures.lat_p50_us,
             udp_rtt.rtt_us_p50,

@@ -88,10 +88,10 @@ enum Command {
     /// 1024-byte datagrams (one RoCE packet's payload at MTU 1024) and RDMA write_bw (64 KiB
     /// messages, MTU 1024) back to back, the order alternating, then UDP goodput with
     /// 1472-byte datagrams and TCP goodput with 64 KiB writes and 64-byte round trips. Each
-    /// latency pair runs UDP 64-byte round trips and
-    /// RDMA write_lat (64 bytes) back to back from fresh endpoints, the order alternating
-    /// (where threads outnumber CPUs, a round trip depends on how the scheduler placed them).
-    /// Rounds (--runs) and pairs (--lat-pairs) repeat; each figure is the median over them.
+    /// latency pair runs UDP 64-byte round trips and RDMA write_lat (64 bytes) back to back
+    /// from fresh endpoints, the order alternating (where threads outnumber CPUs, a round
+    /// trip depends on how the scheduler placed them). Rounds (--runs) and pairs
+    /// (--lat-pairs) repeat; each figure is the median over them.
     /// The comparison puts RDMA WRITE goodput against UDP's with 1024-byte datagrams, and
     /// RDMA's round trip (twice write_lat, which reports half a round trip as perftest does)
     /// against UDP's.

@@ -3,6 +3,9 @@
 use core::fmt;
 use core::net::Ipv4Addr;
 
+/// IPv4 and UDP header bytes: a UDP payload is at most this much below the MTU.
+pub(crate) const UDP_OVERHEAD: usize = 28;
+
 /// Everything [`crate::NetService::new`] needs to know. [`NetConfig::new`] fills in defaults
 /// that suit a 1500-byte Ethernet link and a few dozen sockets.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -62,12 +65,14 @@ pub struct NetConfig {
 impl NetConfig {
     /// A configuration with defaults for everything but the addresses.
     pub fn new(mac: [u8; 6], address: Ipv4Addr, prefix_len: u8) -> NetConfig {
+        let mtu = 1500;
+        let udp_packets = 64;
         NetConfig {
             mac,
             address,
             prefix_len,
             gateway: None,
-            mtu: 1500,
+            mtu,
             random_seed: 0x5eed_f00d_d00d,
             max_sockets: 64,
             tcp_rx_buffer: 64 * 1024,
@@ -75,8 +80,8 @@ impl NetConfig {
             tcp_nagle: false,
             tcp_timeout_ms: Some(60_000),
             tcp_keep_alive_ms: Some(15_000),
-            udp_buffer: 64 * (1500 - 28),
-            udp_packets: 64,
+            udp_buffer: udp_packets * (mtu - UDP_OVERHEAD),
+            udp_packets,
             batch: 64,
             tx_backlog: 256,
             arp_entries: 64,

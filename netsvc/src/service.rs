@@ -67,7 +67,7 @@ use smoltcp::time::{Duration, Instant};
 use smoltcp::wire::{EthernetAddress, HardwareAddress, IpAddress, IpCidr, IpEndpoint};
 
 use crate::arp::{ArpCache, ArpLimits, Enqueued};
-use crate::config::{ConfigError, NetConfig};
+use crate::config::{ConfigError, NetConfig, UDP_OVERHEAD};
 use crate::frame::{self, ETHERNET_HEADER_LEN, ETHERTYPE_IPV4, Ingress};
 use crate::nic::{Frame, Nic, Phy, TxQueue, TxStats};
 use crate::table::{Slot, SlotKind, TcpPhase, TcpSlot, endpoint_v4};
@@ -77,8 +77,6 @@ use crate::table::{Slot, SlotKind, TcpPhase, TcpSlot, endpoint_v4};
 const PENDING_SOFT_LIMIT: usize = 256;
 /// The largest request the service copies out of pool A.
 const MAX_REQUEST: usize = 64 * 1024;
-/// IPv4 + UDP header bytes.
-const UDP_OVERHEAD: usize = 28;
 /// First ephemeral port (IANA's dynamic range).
 const EPHEMERAL_FIRST: u16 = 49152;
 /// How long a closed TCP socket may wait for its RST to go out before it is removed anyway.

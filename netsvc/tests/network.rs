@@ -667,7 +667,8 @@ fn a_burst_of_full_sized_datagrams_arrives_whole() {
         .unwrap();
     net.wait_for(true, |event| matches!(event, Ev::UdpRecv { .. }));
     let burst = net.right.service.config().udp_packets;
-    let largest = 1500 - 28;
+    // The link's MTU less the IPv4 and UDP headers.
+    let largest = net.right.service.config().mtu - 28;
     let datagrams: Vec<Vec<u8>> = (0..burst).map(|i| pattern(i as u8, i, largest)).collect();
     for datagram in &datagrams {
         net.left
