@@ -19,6 +19,7 @@ use core::net::{Ipv4Addr, SocketAddrV4};
 
 use netsvc::netmsg::Event;
 use roce::oob::{self, Destination};
+use roce::transport::MAX_UNACKED_PSNS;
 use roce::verbs::{
     AccessFlags, CqHandle, Device, DeviceConfig, Gid, MrHandle, Mtu, QpAttr, QpAttrMask, QpCap,
     QpHandle, QpInitAttr, QpState, RecvWr, SendWr, Sge, WcFlags, WcStatus, WorkCompletion,
@@ -237,10 +238,18 @@ impl From<netsvc::ClientError> for TestError {
 
 /// Immediate data of the client's final "done" SEND.
 const DONE_IMM: u32 = u32::from_be_bytes(*b"DONE");
-/// WRITE slots in the server's region for bandwidth tests.
-const SLOTS: u64 = 16;
 /// Work requests in flight in bandwidth tests (at most).
 const TX_DEPTH: usize = 64;
+/// Bytes of the `write_bw` server's slots, about.
+///
+/// A bandwidth test's buffers are kept few, so that they stay in the CPU's caches: the sender
+/// has as many as its window needs ([`send_window`]), the `write_bw` server this much.
+/// perftest's `ib_write_bw` sends every message from one buffer into one remote buffer; duovm
+/// gives each message its own pattern, so that the server can check what landed, and cycles
+/// through a few. With 64 buffers of 64 KiB (4 MiB) and 16 slots (1 MiB), `write_bw` measured
+/// cache misses more than the path: on a host with 512 KiB of L2 per core it ran 19% slower
+/// (median ratio of 20 alternating pairs, docs/PERFORMANCE.md).
+const WORKING_SET: u64 = 256 << 10;
 /// Receives kept posted (at most).
 const RX_DEPTH: usize = 256;
 /// Bytes of buffers each side registers, at most (fewer, deeper queues for small messages).
@@ -249,6 +258,24 @@ const BUFFER_BUDGET: usize = 4 << 20;
 /// Buffers of `size` bytes each side keeps: receives posted, writes in flight.
 fn depth(size: u32) -> usize {
     (BUFFER_BUDGET / size.max(1) as usize).clamp(16, RX_DEPTH)
+}
+
+/// Messages of `size` bytes a bandwidth test keeps posted at path MTU `mtu`, each from its own
+/// buffer: the fewest that cover twice the packets a QP may have unacknowledged (so that the
+/// engine always has the next message while the application handles completions), at least
+/// 4, at most [`TX_DEPTH`] and the buffers the region holds. At MTU 1024 that is 256 KiB
+/// and one message at most, or 4 messages when they are larger.
+fn send_window(size: u32, mtu: Mtu) -> u64 {
+    let packets = size.div_ceil(mtu.bytes()).max(1);
+    let window = (2 * MAX_UNACKED_PSNS).div_ceil(packets) as usize;
+    window.clamp(4, TX_DEPTH).min(depth(size)) as u64
+}
+
+/// Slots of `size` bytes the `write_bw` client WRITEs into, round robin, in the server's
+/// region: as many as fit in [`WORKING_SET`], 2 to 16. The server checks that each holds the
+/// last message written to it.
+fn write_slots(size: u32) -> u64 {
+    (WORKING_SET / u64::from(size.max(1))).clamp(2, 16)
 }
 /// Events [`Link::pump`] takes before it lets the engine transmit.
 const PUMP_BATCH: usize = 32;
@@ -804,8 +831,15 @@ pub fn run_test(
         (false, test) => serve(&mut link, &resources, params, size, test),
         (true, Test::WriteBw) => {
             let memory = remote_memory.ok_or(TestError::Exchange("no server memory"))?;
-            write_bw(&mut link, &resources, params, size, memory, SLOTS)
-                .and_then(|report| say_done(&mut link, &resources, Some(memory)).map(|()| report))
+            write_bw(
+                &mut link,
+                &resources,
+                params,
+                size,
+                memory,
+                write_slots(size),
+            )
+            .and_then(|report| say_done(&mut link, &resources, Some(memory)).map(|()| report))
         }
         (true, Test::SendBw) => send_bw(&mut link, &resources, params, size)
             .and_then(|report| say_done(&mut link, &resources, None).map(|()| report)),
@@ -906,8 +940,9 @@ fn serve<O: Os>(
     match test {
         Test::WriteBw => {
             // Each slot holds the last message written to it.
-            for slot in 0..SLOTS.min(iters) {
-                let last = (iters - 1 - slot) / SLOTS * SLOTS + slot;
+            let slots = write_slots(size);
+            for slot in 0..slots.min(iters) {
+                let last = (iters - 1 - slot) / slots * slots + slot;
                 let last = if last >= iters { continue } else { last };
                 let at = (slot * u64::from(size)) as usize;
                 let intact = has_pattern(&memory[at..at + size as usize], last);
@@ -982,7 +1017,7 @@ fn stream<O: Os>(
     let iters = u64::from(params.iters);
     // A local buffer is refilled only once its previous message completed (RC completes in
     // order): the window never exceeds the local buffers.
-    let window = depth(size).min(TX_DEPTH) as u64;
+    let window = send_window(size, params.mtu);
     let start = link.os.now_ns();
     let (mut posted, mut completed) = (0u64, 0u64);
     while completed < iters {
@@ -1366,6 +1401,37 @@ mod tests {
         assert_eq!(TestParams::from_args(args, 0, local), None);
         args[0] = 1 << 33;
         assert_eq!(TestParams::from_args(args, 0, local), None);
+    }
+
+    #[test]
+    fn bandwidth_buffers_cover_the_window_and_stay_small() {
+        // 64 KiB messages at MTU 1024: 64 packets each, so 4 cover twice the 128 packets a QP
+        // may have unacknowledged; 4 slots of 64 KiB on the server.
+        assert_eq!(send_window(65536, Mtu::Mtu1024), 4);
+        assert_eq!(write_slots(65536), 4);
+        assert_eq!(send_window(4096, Mtu::Mtu1024), 64);
+        assert_eq!(write_slots(1024), 16);
+        assert_eq!(write_slots(1 << 20), 2);
+        let mtus = [Mtu::Mtu256, Mtu::Mtu1024, Mtu::Mtu4096];
+        for size in [1u32, 64, 1000, 1024, 4096, 16384, 65536, 1 << 20, 4 << 20] {
+            for mtu in mtus {
+                let window = send_window(size, mtu);
+                let packets = u64::from(size.div_ceil(mtu.bytes()));
+                assert!(
+                    window * packets >= 2 * u64::from(MAX_UNACKED_PSNS)
+                        || window == TX_DEPTH as u64,
+                    "size {size} mtu {mtu:?}: {window} messages do not cover the window"
+                );
+                assert!(window >= 4 && window as usize <= depth(size));
+                // No more buffers than that: one fewer does not cover the window.
+                assert!(window == 4 || (window - 1) * packets < 2 * u64::from(MAX_UNACKED_PSNS));
+                if mtu == Mtu::Mtu1024 {
+                    let size = u64::from(size);
+                    assert!(window * size <= (WORKING_SET + size).max(4 * size));
+                }
+            }
+            assert!(write_slots(size) == 2 || write_slots(size) * u64::from(size) <= WORKING_SET);
+        }
     }
 
     #[test]
