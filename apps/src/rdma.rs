@@ -247,8 +247,8 @@ const TX_DEPTH: usize = 64;
 /// perftest's `ib_write_bw` sends every message from one buffer into one remote buffer; duovm
 /// gives each message its own pattern, so that the server can check what landed, and cycles
 /// through a few. With 64 buffers of 64 KiB (4 MiB) and 16 slots (1 MiB), `write_bw` measured
-/// cache misses more than the path: on a host with 512 KiB of L2 per core it ran 19% slower
-/// (median ratio of 20 alternating pairs, docs/PERFORMANCE.md).
+/// cache misses more than the path: on a host with 512 KiB of L2 per core, 4 buffers and 4
+/// slots ran 1.19 times as fast (median ratio of 20 alternating pairs, docs/PERFORMANCE.md).
 const WORKING_SET: u64 = 256 << 10;
 /// Receives kept posted (at most).
 const RX_DEPTH: usize = 256;
@@ -277,6 +277,7 @@ fn send_window(size: u32, mtu: Mtu) -> u64 {
 fn write_slots(size: u32) -> u64 {
     (WORKING_SET / u64::from(size.max(1))).clamp(2, 16)
 }
+
 /// Events [`Link::pump`] takes before it lets the engine transmit.
 const PUMP_BATCH: usize = 32;
 /// How long any one step may wait before the test gives up.
