@@ -1058,6 +1058,55 @@ fn unreachable_peer_exhausts_retries() {
 }
 
 #[test]
+fn retry_cnt_7_outlasts_a_silent_peer_as_rxe_does() {
+    let setup = Setup {
+        timeout: 10, // 4.2 ms
+        retry_cnt: 7,
+        ..Setup::default()
+    };
+    let (mut net, [a, b]) = connect(&setup, Faults::NONE, 1);
+    net.cut = [true, true];
+    let data = pattern(1, 3000);
+    net.devices[0]
+        .mr_mut(a.mr)
+        .unwrap()
+        .write(0, &data)
+        .unwrap();
+    let write = WrOperation::RdmaWrite {
+        remote_addr: b.info.addr + 4096,
+        rkey: b.info.rkey,
+    };
+    net.devices[0]
+        .post_send(
+            a.qp,
+            &SendWr::new(1, write, &[a.info.sge(0, 3000)]).signaled(),
+        )
+        .unwrap();
+    // Thirty timeouts of silence: far past the 7 retries the IBTA would allow.
+    net.advance(30 * (4096 << 10) + 1_000_000);
+    let counters = net.devices[0].counters();
+    assert!(counters.timeouts >= 30, "{counters:?}");
+    assert_eq!(counters.retry_exceeded, 0);
+    assert!(poll_all(&mut net.devices[0], a.cq).is_empty());
+    assert_eq!(net.devices[0].qp_state(a.qp), Ok(QpState::Rts));
+    // The peer comes back: the next retry gets through and the WRITE completes.
+    net.cut = [false, false];
+    let mut sent = Vec::new();
+    net.run_until(100_000_000, |net| {
+        sent.extend(poll_all(&mut net.devices[0], a.cq));
+        !sent.is_empty()
+    });
+    assert_eq!(
+        sent.iter()
+            .map(|wc| (wc.wr_id, wc.status))
+            .collect::<Vec<_>>(),
+        [(1, WcStatus::Success)]
+    );
+    let landed = &net.devices[1].mr(b.mr).unwrap().as_slice()[4096..4096 + 3000];
+    assert!(landed == &data[..]);
+}
+
+#[test]
 fn infinite_timeout_never_fires() {
     let setup = Setup {
         timeout: 0,

@@ -2,7 +2,7 @@
 //! send work requests, and decides on retries (rxe `rxe_comp.c`).
 
 use super::qp::QueuePair;
-use super::{Env, MAX_RENEWALS, MAX_UNACKED_PSNS, MIN_WINDOW, psn};
+use super::{Env, MAX_RENEWALS, MAX_UNACKED_PSNS, MIN_WINDOW, UNLIMITED_RETRIES, psn};
 use crate::verbs::WcStatus;
 use crate::wire::aeth::rnr_timer_micros;
 use crate::wire::{NakCode, Operation, RoceRepr, Syndrome};
@@ -46,7 +46,9 @@ fn retry(qp: &mut QueuePair, env: &mut Env<'_>, cause: Cause) {
             env.counters.retry_exceeded += 1;
             return fail(qp, env, WcStatus::RetryExcErr);
         }
-        qp.comp.retry_cnt -= 1;
+        if qp.comp.retry_cnt != UNLIMITED_RETRIES {
+            qp.comp.retry_cnt -= 1;
+        }
         qp.comp.renewals = 0;
     }
     qp.comp.started_retry = true;
@@ -253,7 +255,7 @@ fn acknowledge(qp: &mut QueuePair, env: &mut Env<'_>, ib: &RoceRepr, distance: i
                 fail(qp, env, WcStatus::RnrRetryExcErr);
                 return false;
             }
-            if qp.comp.rnr_retry != 7 {
+            if qp.comp.rnr_retry != UNLIMITED_RETRIES {
                 qp.comp.rnr_retry -= 1;
             }
             // The packets before the NAKed one were taken.

@@ -56,14 +56,14 @@
 //! `n`. A response past an uncompleted READ or atomic means its response was lost: implicit
 //! NAK. A PSN sequence error NAK, an implicit NAK or a timeout starts a go-back-N from the
 //! oldest unacknowledged PSN (at most one per episode, as rxe's `started_retry`), each
-//! costing one of `retry_cnt` retries, refilled by progress; when none is left the request
-//! completes with `RETRY_EXC_ERR`. The timer is `4.096 us << timeout` (0: none) and restarts
-//! on progress. An RNR NAK pauses sending for its timer, then goes back to its PSN; it
-//! costs one of `rnr_retry` (7: unlimited) or ends with `RNR_RETRY_EXC_ERR`. Invalid
-//! request, remote access and remote operational error NAKs complete the request with
-//! `REM_INV_REQ_ERR`, `REM_ACCESS_ERR`, `REM_OP_ERR`. Any error moves the QP to ERR, which
-//! completes every other outstanding or later request (send and receive) with
-//! `WR_FLUSH_ERR`. Every posted work request completes exactly once.
+//! costing one of `retry_cnt` retries (7: unlimited, as rxe has it), refilled by progress;
+//! when none is left the request completes with `RETRY_EXC_ERR`. The timer is
+//! `4.096 us << timeout` (0: none) and restarts on progress. An RNR NAK pauses sending for its
+//! timer, then goes back to its PSN; it costs one of `rnr_retry` (7: unlimited) or ends with
+//! `RNR_RETRY_EXC_ERR`. Invalid request, remote access and remote operational error NAKs
+//! complete the request with `REM_INV_REQ_ERR`, `REM_ACCESS_ERR`, `REM_OP_ERR`. Any error
+//! moves the QP to ERR, which completes every other outstanding or later request (send and
+//! receive) with `WR_FLUSH_ERR`. Every posted work request completes exactly once.
 //!
 //! # Faster recovery than rxe
 //!
@@ -89,9 +89,8 @@
 //!
 //! # Other departures from rxe
 //!
-//! All invisible on the wire to a correct peer: `retry_cnt` 7 means 7 retries (IBTA; rxe
-//! treats 7 as unlimited); a sequence NAK that acknowledges new PSNs refills the retry
-//! budget like any progress (rxe gives up sooner under heavy loss); an RNR NAK
+//! All invisible on the wire to a correct peer: a sequence NAK that acknowledges new PSNs
+//! refills the retry budget like any progress (rxe gives up sooner under heavy loss); an RNR NAK
 //! acknowledges the packets before its PSN and pauses the requester for the whole RNR time
 //! (rxe may restart earlier when new work is posted); responses that make no sense (wrong
 //! opcode order, lengths, an ACK inside a READ) are dropped and counted instead of moving
@@ -122,6 +121,12 @@ pub const MAX_UNACKED_PSNS: u32 = 128;
 /// The smallest send window: after losses the requester keeps at least this many PSNs in
 /// flight.
 pub const MIN_WINDOW: u32 = 4;
+
+/// A `retry_cnt` or `rnr_retry` of this value never runs out. The IBTA gives 7 that meaning
+/// for `rnr_retry` only; rdma_rxe gives it to both, and so does this engine, so that a QP
+/// set up as `ibv_rc_pingpong` and perftest set theirs (both 7) outlasts a silent peer as an
+/// rxe QP does. Use 0 to 6 for a QP that should give up.
+pub const UNLIMITED_RETRIES: u8 = 7;
 
 /// Go-back-Ns a renewed sequence NAK may start in one episode (without progress); they do
 /// not spend `retry_cnt`, and beyond them the retransmission timer decides.

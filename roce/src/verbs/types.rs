@@ -783,7 +783,8 @@ pub struct QpAttr {
     pub port_num: u8,
     /// Local ACK timeout: `4.096 us << timeout`, 0 = never (5 bits).
     pub timeout: u8,
-    /// Transport retries after a timeout or a sequence error NAK (0 to 7).
+    /// Transport retries after a timeout or a sequence error NAK (0 to 7; 7 = without limit,
+    /// as rdma_rxe has it: see [`UNLIMITED_RETRIES`](crate::transport::UNLIMITED_RETRIES)).
     pub retry_cnt: u8,
     /// Retries after an RNR NAK (0 to 7; 7 = without limit).
     pub rnr_retry: u8,
