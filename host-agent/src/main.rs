@@ -209,19 +209,27 @@ struct RingBenchArgs {
     vm: VmArgs,
 }
 
+/// The tests, by their kebab-case names; the snake-case names that the JSON reports and
+/// perftest's `ib_*` tools suggest (`write_bw`) are accepted too.
 #[derive(Debug, Clone, Copy, ValueEnum)]
 enum TestArg {
     /// RDMA WRITE bandwidth.
+    #[value(alias = "write_bw")]
     WriteBw,
     /// RDMA WRITE latency (ping-pong of WRITEs, each side polling its memory, as ib_write_lat).
+    #[value(alias = "write_lat")]
     WriteLat,
     /// RDMA READ latency.
+    #[value(alias = "read_lat")]
     ReadLat,
     /// SEND bandwidth.
+    #[value(alias = "send_bw")]
     SendBw,
     /// FETCH_AND_ADD latency.
+    #[value(alias = "atomic_lat")]
     AtomicLat,
     /// ibv_rc_pingpong's SEND ping-pong.
+    #[value(alias = "rc_pingpong")]
     RcPingpong,
 }
 
@@ -1365,5 +1373,49 @@ fn main() -> ExitCode {
             eprintln!("host-agent: error: {error:#}");
             ExitCode::from(2)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The test `rdma-bench` (or `rdma`) was asked for.
+    fn test_of(args: &[&str]) -> Test {
+        match Cli::try_parse_from(args).map(|cli| cli.command) {
+            Ok(Command::RdmaBench(args)) => args.test.test(),
+            Ok(Command::Rdma(args)) => args.test.test(),
+            other => panic!("{args:?} parsed as {other:?}"),
+        }
+    }
+
+    #[test]
+    fn tests_take_kebab_and_snake_case_names() {
+        for (kebab, snake, test) in [
+            ("write-bw", "write_bw", Test::WriteBw),
+            ("write-lat", "write_lat", Test::WriteLat),
+            ("read-lat", "read_lat", Test::ReadLat),
+            ("send-bw", "send_bw", Test::SendBw),
+            ("atomic-lat", "atomic_lat", Test::AtomicLat),
+            ("rc-pingpong", "rc_pingpong", Test::Pingpong),
+        ] {
+            for name in [kebab, snake] {
+                assert_eq!(test_of(&["host-agent", "rdma-bench", "--test", name]), test);
+            }
+        }
+        assert_eq!(
+            test_of(&[
+                "host-agent",
+                "rdma",
+                "--tap",
+                "t0",
+                "--ip",
+                "10.0.0.2/24",
+                "--test",
+                "read_lat"
+            ]),
+            Test::ReadLat
+        );
+        assert!(Cli::try_parse_from(["host-agent", "rdma-bench", "--test", "write"]).is_err());
     }
 }
