@@ -103,6 +103,7 @@ fn two_vms_exchange_frames_over_the_built_in_switch() {
             };
             Member {
                 config,
+                nic: None,
                 capture: None,
             }
         })
@@ -145,6 +146,7 @@ fn echo_pair(
             };
             Member {
                 config,
+                nic: None,
                 capture: None,
             }
         })

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use apps::rdma::Test;
 use duovm_tests::{config, kvm_available, workload};
-use host_agent::rdmabench::{RdmaBenchParams, run_vms};
+use host_agent::rdmabench::{RdmaBenchParams, RdmaPath, run_vms};
 use roce::verbs::Mtu;
 use shm_ring::bootinfo::WorkloadKind;
 
@@ -27,6 +27,7 @@ fn run(
         loss,
         mtu: Mtu::Mtu1024,
         qp_timeout: None,
+        path: RdmaPath::Switch,
     };
     let (report, runs) = run_vms(
         &config([hello, hello]),

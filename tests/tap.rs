@@ -165,3 +165,51 @@ print("received", len(seen))
         "{a:#?}"
     );
 }
+
+#[test]
+fn rdma_runs_between_two_vms_through_a_linux_bridge() {
+    use apps::rdma::Test;
+    use host_agent::rdmabench::{RdmaBenchParams, RdmaPath, run_vms};
+    if !kvm_available("rdma_runs_between_two_vms_through_a_linux_bridge")
+        || !tap_available("rdma_runs_between_two_vms_through_a_linux_bridge")
+    {
+        return;
+    }
+    let ns = NetNs::new("rv");
+    let hello = workload(WorkloadKind::Hello, &[]);
+    let params = RdmaBenchParams {
+        test: Test::WriteLat,
+        size: 64,
+        iters: 10,
+        loss: 0.0,
+        mtu: roce::verbs::Mtu::Mtu1024,
+        qp_timeout: None,
+        path: RdmaPath::Tap,
+    };
+    let (report, runs) = ns.run_inside(|| {
+        run_vms(
+            &config([hello, hello]),
+            &params,
+            Duration::from_secs(240),
+            None,
+        )
+        .unwrap()
+    });
+    assert!(report.verified, "{report:#?}\n{runs:#?}");
+    assert_eq!((report.mode, report.path), ("vm", "tap"));
+    assert_eq!(report.figures.messages, 10);
+    // Each OS B carried both ways the RoCE packets of ten round trips: ten WRITEs and ten
+    // ACKs (more if any was resent).
+    for run in &runs {
+        let b = run.os(Role::B);
+        let counted = |what: &str| {
+            let marker = format!(" RoCE {what}");
+            b.serial_lines.iter().find_map(|line| {
+                let (before, _) = line.split_once(&marker)?;
+                before.rsplit(' ').next()?.parse::<u64>().ok()
+            })
+        };
+        assert!(counted("in") >= Some(20), "{b:#?}");
+        assert!(counted("out") >= Some(20), "{b:#?}");
+    }
+}

@@ -34,7 +34,7 @@ use serde::Serialize;
 
 use crate::native::NativeError;
 use crate::netbench::{self, NetBenchError, NetBenchParams, NetBenchReport, NetPath};
-use crate::rdmabench::{self, RdmaBenchParams, RdmaBenchReport};
+use crate::rdmabench::{self, RdmaBenchParams, RdmaBenchReport, RdmaPath};
 use crate::vm::{VmConfig, VmError};
 
 /// UDP payload compared with RDMA WRITE: one RoCE packet's payload at [`RDMA_MTU`].
@@ -413,6 +413,7 @@ pub fn run(
         loss: 0.0,
         mtu: RDMA_MTU,
         qp_timeout: None,
+        path: RdmaPath::Switch,
     };
     let write_bw_params = rdma(Test::WriteBw, RDMA_SIZE, params.rdma_iters);
     let udp_rtt_params = net(Transport::Udp, SMALL_SIZE, 0, params.rtt_count);

@@ -1,4 +1,5 @@
-//! Several VMs in one agent process, their NICs joined by the built-in switch.
+//! Several VMs in one agent process, their NICs joined by the built-in switch (or each on a
+//! back-end of its own, such as a TAP).
 //!
 //! Each VM runs on its own set of threads (two vCPUs, its NIC worker, and a supervisor), so a
 //! group of VMs is just a group of [`Vm::run`] calls on separate threads sharing one
@@ -6,20 +7,33 @@
 
 use std::time::Duration;
 
+use crate::devices::net_backend::NetBackend;
 use crate::devices::pcap::PcapWriter;
 use crate::devices::switch::Switch;
 use crate::vm::{RunReport, Vm, VmConfig, VmError};
 
-/// One member of a group: its configuration and an optional capture of its NIC.
-#[derive(Debug)]
+/// One member of a group: its configuration, its NIC's back-end and an optional capture of
+/// its NIC.
 pub struct Member {
     /// The VM (its `net.mac` is its NIC's MAC).
     pub config: VmConfig,
+    /// The NIC's back-end; `None`: a port of the group's switch.
+    pub nic: Option<Box<dyn NetBackend>>,
     /// Where to capture its NIC's frames.
     pub capture: Option<PcapWriter>,
 }
 
-/// Builds every VM, attaches each NIC to `switch`, runs them all and returns their reports in
+impl std::fmt::Debug for Member {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Member")
+            .field("config", &self.config)
+            .field("own_nic", &self.nic.is_some())
+            .field("capture", &self.capture)
+            .finish()
+    }
+}
+
+/// Builds every VM, attaches each NIC to `switch` (or to its own back-end), runs them all and returns their reports in
 /// order. A VM that cannot be built fails the group before any runs.
 pub fn run_group(
     members: Vec<Member>,
@@ -42,10 +56,15 @@ pub fn run_group_until(
         let mut config = member.config;
         config.net.has_nic = 1;
         let mut vm = Vm::build(&config)?;
-        let port = switch
-            .port(Some(config.net.mac))
-            .map_err(|error| VmError::Nic(format!("switch port: {error}")))?;
-        vm.attach_nic(config.net.mac, Box::new(port), member.capture)?;
+        let backend = match member.nic {
+            Some(backend) => backend,
+            None => Box::new(
+                switch
+                    .port(Some(config.net.mac))
+                    .map_err(|error| VmError::Nic(format!("switch port: {error}")))?,
+            ),
+        };
+        vm.attach_nic(config.net.mac, backend, member.capture)?;
         vms.push(vm);
     }
     let stops: Vec<_> = vms.iter().map(Vm::stop_handle).collect();

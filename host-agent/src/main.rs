@@ -17,7 +17,7 @@ use host_agent::devices::switch::{Switch, SwitchConfig};
 use host_agent::devices::tap::Tap;
 use host_agent::endpoint::{self, EndpointReport, Figures, Identity};
 use host_agent::netbench::{self, NetBenchParams, NetBenchReport, NetPath, TapPath};
-use host_agent::rdmabench::{self, RdmaBenchParams, RdmaBenchReport};
+use host_agent::rdmabench::{self, RdmaBenchParams, RdmaBenchReport, RdmaPath};
 use host_agent::ringbench::{self, RingBenchParams, RingBenchReport};
 use host_agent::vm::{RunReport, Vm, VmConfig};
 use host_agent::{exitbench, images};
@@ -55,14 +55,16 @@ enum Command {
     /// ipis_per_1000_descriptors, sleeps, spins, spin_us, rejected, exits, verified, success,
     /// run_seconds.
     RingBench(RingBenchArgs),
-    /// Run an RDMA test between two endpoints on the built-in switch.
+    /// Run an RDMA test between two endpoints on the built-in switch (or, with --tap, through
+    /// the host's network).
     ///
     /// Endpoint 1 (10.77.9.1) serves, endpoint 2 (10.77.9.2) is the client; they connect
     /// over TCP 18515 as ibv_rc_pingpong does and run the test, checking every byte and
     /// completion. Without --native each endpoint is a VM (OS A runs the verbs engine, OS B
     /// carries its RoCEv2 packets); with --native the same engines run as host threads.
-    /// JSON keys: test, mode, size, iters, mtu, qp_timeout, loss, messages, bytes, seconds,
-    /// gbit_per_sec, messages_per_sec, lat_p50_us, lat_p99_us, retransmissions, verified.
+    /// JSON keys: test, mode, path, size, iters, mtu, qp_timeout, loss, messages, bytes,
+    /// seconds, gbit_per_sec, messages_per_sec, lat_p50_us, lat_p99_us, retransmissions,
+    /// verified.
     RdmaBench(RdmaBenchArgs),
     /// Measure UDP or TCP goodput and small-message round trips through OS B's network service.
     ///
@@ -271,6 +273,12 @@ struct RdmaBenchArgs {
     /// Run the engines as host threads instead of in VMs.
     #[arg(long)]
     native: bool,
+    /// Join the two endpoints through the host's network instead of the built-in switch: each
+    /// endpoint's NIC is a TAP interface, and both TAPs are ports of a Linux bridge made for
+    /// the run and deleted after it (named dv<pid>-<n>b; the TAPs end in s and c). Needs
+    /// CAP_NET_ADMIN; the switch's --loss has no counterpart here.
+    #[arg(long, conflicts_with = "loss")]
+    tap: bool,
     /// Capture the client VM's NIC to this pcap file (tshark decodes it as RoCE).
     #[arg(long, value_name = "FILE")]
     pcap: Option<PathBuf>,
@@ -647,8 +655,12 @@ fn ring_bench(args: &RingBenchArgs) -> Result<bool> {
 }
 
 fn print_rdma_report(report: &RdmaBenchReport) {
+    let path = match report.path {
+        "switch" => String::new(),
+        path => format!(", {path}"),
+    };
     println!(
-        "rdma: {} ({}), {} x {} B, MTU {}, QP timeout {}, loss {}: {}",
+        "rdma: {} ({}{path}), {} x {} B, MTU {}, QP timeout {}, loss {}: {}",
         report.test,
         report.mode,
         report.figures.messages,
@@ -723,6 +735,11 @@ fn rdma_bench(args: &RdmaBenchArgs) -> Result<bool> {
         loss: args.loss,
         mtu,
         qp_timeout: args.qp_timeout,
+        path: if args.tap {
+            RdmaPath::Tap
+        } else {
+            RdmaPath::Switch
+        },
     };
     let report = if args.native {
         let echo = !args.vm.quiet && !args.vm.json;
@@ -1178,6 +1195,7 @@ fn demo(args: &DemoArgs) -> Result<bool> {
             };
             Ok(Member {
                 config,
+                nic: None,
                 capture: None,
             })
         })
@@ -1227,6 +1245,7 @@ fn demo(args: &DemoArgs) -> Result<bool> {
             loss: 0.0,
             mtu: Mtu::Mtu1024,
             qp_timeout: None,
+            path: RdmaPath::Switch,
         };
         let config = args.vm.config(images.clone(), [Workload::default(); 2])?;
         let (report, runs) = rdmabench::run_vms(
@@ -1269,6 +1288,7 @@ fn demo(args: &DemoArgs) -> Result<bool> {
             loss: 0.0,
             mtu: Mtu::Mtu1024,
             qp_timeout: None,
+            path: RdmaPath::Switch,
         };
         let (report, logs) =
             rdmabench::run_native(&params, host_agent::native::DEFAULT_IDLE_SPIN, false)?;
@@ -1417,5 +1437,16 @@ mod tests {
             Test::ReadLat
         );
         assert!(Cli::try_parse_from(["host-agent", "rdma-bench", "--test", "write"]).is_err());
+    }
+
+    #[test]
+    fn rdma_bench_over_taps_takes_no_loss() {
+        let parsed = Cli::try_parse_from(["host-agent", "rdma-bench", "--native", "--tap"]);
+        assert!(matches!(
+            parsed.map(|cli| cli.command),
+            Ok(Command::RdmaBench(RdmaBenchArgs { tap: true, .. }))
+        ));
+        let lossy = ["host-agent", "rdma-bench", "--tap", "--loss", "0.1"];
+        assert!(Cli::try_parse_from(lossy).is_err());
     }
 }

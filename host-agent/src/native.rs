@@ -52,6 +52,9 @@ pub enum NativeError {
     /// An eventfd or thread could not be made.
     #[error("cannot start the endpoint: {0}")]
     Io(#[from] std::io::Error),
+    /// The endpoints could not be joined (a TAP or bridge could not be set up).
+    #[error("cannot join the endpoints: {0}")]
+    Link(String),
 }
 
 /// A [`NetBackend`] as OS B's NIC.

@@ -267,6 +267,7 @@ pub fn run_vms(
                     config.net = net_config(mac(index), address, 24);
                     Member {
                         config,
+                        nic: None,
                         capture: None,
                     }
                 })

@@ -1,11 +1,16 @@
-//! `rdma-bench`: an RDMA test between two endpoints on the built-in switch, in two VMs or
-//! natively (the same engines as host threads).
+//! `rdma-bench`: an RDMA test between two endpoints, in two VMs or natively (the same engines
+//! as host threads), joined by the built-in switch or by the host kernel's network.
 //!
 //! Endpoint 1 (10.77.9.1) is the server, endpoint 2 (10.77.9.2) the client; they connect
 //! over TCP port 18515 the way `ibv_rc_pingpong` does, then run the test. The client's figures
 //! are the result; `verified` is true only if both sides checked every byte and completion.
+//!
+//! On the [`RdmaPath::Tap`] path each endpoint's NIC is a TAP interface, and the two TAPs are
+//! ports of a Linux bridge made for the run ([`TapLink`]): every frame goes through the host
+//! kernel's TAP driver and bridge, as it would between VMs of any other VMM on the host.
 
 use std::net::Ipv4Addr;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use apps::Outcome;
@@ -16,9 +21,12 @@ use shm_ring::bootinfo::{Workload, WorkloadKind};
 use shm_ring::layout::Role;
 
 use crate::cluster::{Member, run_group_until};
+use crate::devices::net_backend::NetBackend;
+use crate::devices::netif::{Bridge, BridgeError};
 use crate::devices::switch::{FaultConfig, Switch, SwitchConfig};
+use crate::devices::tap::{Tap, TapError};
 use crate::endpoint::{Figures, Identity, ReportSlot, native_member, published, workload};
-use crate::native::spawn;
+use crate::native::{NativeError, spawn};
 use crate::vm::{RunReport, VmConfig, VmError};
 
 /// What to run.
@@ -37,6 +45,93 @@ pub struct RdmaBenchParams {
     /// The QPs' local ACK timeout (`4.096 µs << qp_timeout`); `None`: [`DEFAULT_QP_TIMEOUT`]
     /// natively, [`VM_QP_TIMEOUT`] in VMs.
     pub qp_timeout: Option<u8>,
+    /// What joins the two endpoints.
+    pub path: RdmaPath,
+}
+
+/// What joins the two endpoints.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum RdmaPath {
+    /// The built-in switch (which can inject loss).
+    #[default]
+    Switch,
+    /// Two TAP interfaces on a Linux bridge made for the run (needs `CAP_NET_ADMIN`).
+    Tap,
+}
+
+impl RdmaPath {
+    /// `switch` or `tap`.
+    pub fn name(self) -> &'static str {
+        match self {
+            RdmaPath::Switch => "switch",
+            RdmaPath::Tap => "tap",
+        }
+    }
+}
+
+/// Why the endpoints could not be joined through TAPs.
+#[derive(Debug, thiserror::Error)]
+pub enum TapLinkError {
+    /// The bridge could not be made or a TAP added to it.
+    #[error(transparent)]
+    Bridge(#[from] BridgeError),
+    /// A TAP could not be opened.
+    #[error(transparent)]
+    Tap(#[from] TapError),
+    /// The switch's fault injection has no counterpart on the host's network.
+    #[error("loss is injected by the built-in switch; the TAP path has none (drop --loss)")]
+    Loss,
+}
+
+/// Two TAP interfaces, one per endpoint, on a bridge of their own. The TAPs disappear when
+/// their back-ends are dropped, the bridge when this is.
+#[derive(Debug)]
+pub struct TapLink {
+    bridge: Bridge,
+    taps: Vec<Tap>,
+}
+
+impl TapLink {
+    /// Makes the bridge `dv<pid>-<n>b` and the TAPs `dv<pid>-<n>s` (server) and `dv<pid>-<n>c`
+    /// (client), unique within the host while this process runs.
+    pub fn create() -> Result<TapLink, TapLinkError> {
+        static LINKS: AtomicU32 = AtomicU32::new(0);
+        let stem = format!(
+            "dv{:x}-{:x}",
+            std::process::id(),
+            LINKS.fetch_add(1, Ordering::Relaxed) & 0xff
+        );
+        let bridge = Bridge::create(&format!("{stem}b"))?;
+        let mut taps = Vec::new();
+        for end in ["s", "c"] {
+            let tap = Tap::open(&format!("{stem}{end}"))?;
+            bridge.add(tap.name())?;
+            taps.push(tap);
+        }
+        Ok(TapLink { bridge, taps })
+    }
+
+    /// The bridge's name.
+    pub fn bridge(&self) -> &str {
+        self.bridge.name()
+    }
+
+    /// The server's and the client's back-ends, in that order (once; then none).
+    fn backends(&mut self) -> Vec<Box<dyn NetBackend>> {
+        self.taps
+            .drain(..)
+            .map(|tap| Box::new(tap) as Box<dyn NetBackend>)
+            .collect()
+    }
+}
+
+/// The TAP link for `params`, if it takes one.
+fn tap_link(params: &RdmaBenchParams) -> Result<Option<TapLink>, TapLinkError> {
+    match params.path {
+        RdmaPath::Switch => Ok(None),
+        RdmaPath::Tap if params.loss > 0.0 => Err(TapLinkError::Loss),
+        RdmaPath::Tap => TapLink::create().map(Some),
+    }
 }
 
 /// The local ACK timeout in VMs unless told otherwise: `4.096 µs << 20`, about 4.3 s. An
@@ -65,6 +160,8 @@ pub struct RdmaBenchReport {
     pub test: &'static str,
     /// `vm` or `native`.
     pub mode: &'static str,
+    /// `switch` or `tap`.
+    pub path: &'static str,
     /// Message size in bytes.
     pub size: u32,
     /// Messages asked for.
@@ -95,6 +192,7 @@ impl RdmaBenchReport {
         RdmaBenchReport {
             test: params.test.name(),
             mode,
+            path: params.path.name(),
             size: params.size,
             iters: params.iters,
             mtu: params.mtu.bytes(),
@@ -154,6 +252,8 @@ pub fn run_vms(
     timeout: Duration,
     capture: Option<&std::path::Path>,
 ) -> Result<(RdmaBenchReport, Vec<RunReport>), VmError> {
+    let mut link = tap_link(params).map_err(|error| VmError::Nic(error.to_string()))?;
+    let mut nics = link.as_mut().map(TapLink::backends).into_iter().flatten();
     let members = [1u8, 2]
         .into_iter()
         .map(|index| {
@@ -172,11 +272,16 @@ pub fn run_vms(
                 ),
                 _ => None,
             };
-            Ok(Member { config, capture })
+            Ok(Member {
+                config,
+                nic: nics.next(),
+                capture,
+            })
         })
         .collect::<Result<Vec<_>, VmError>>()?;
     let switch = switch(params.loss);
     let runs = run_group_until(members, &switch, timeout, &[])?;
+    drop(link);
     let side = published;
     let both_ok = runs.iter().all(|run| run.os(Role::A).success);
     let report = RdmaBenchReport::new("vm", params, &side(&runs[1]), &side(&runs[0]), both_ok);
@@ -189,12 +294,17 @@ pub fn run_native(
     params: &RdmaBenchParams,
     idle_spin: Duration,
     echo: bool,
-) -> Result<(RdmaBenchReport, Vec<Vec<String>>), crate::native::NativeError> {
+) -> Result<(RdmaBenchReport, Vec<Vec<String>>), NativeError> {
+    let mut link = tap_link(params).map_err(|error| NativeError::Link(error.to_string()))?;
+    let mut nics = link.as_mut().map(TapLink::backends).into_iter().flatten();
     let switch = switch(params.loss);
     let mut handles = Vec::new();
     let mut slots = Vec::new();
     for index in [1u8, 2] {
-        let backend = Box::new(switch.port(Some(identity(index).mac))?);
+        let backend: Box<dyn NetBackend> = match nics.next() {
+            Some(tap) => tap,
+            None => Box::new(switch.port(Some(identity(index).mac))?),
+        };
         let (mut member, slot) = native_member(
             &side_params(params, index, false),
             identity(index),
@@ -217,6 +327,7 @@ pub fn run_native(
             Err(_) => both_ok = false,
         }
     }
+    drop(link);
     let report = |slot: &ReportSlot| slot.lock().ok().and_then(|slot| *slot).unwrap_or_default();
     let (server, client) = (report(&slots[0]), report(&slots[1]));
     Ok((

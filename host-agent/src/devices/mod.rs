@@ -82,6 +82,7 @@
 
 pub mod bus;
 pub mod net_backend;
+pub mod netif;
 pub mod pcap;
 pub mod ratelimit;
 pub mod switch;

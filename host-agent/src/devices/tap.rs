@@ -24,9 +24,8 @@ use std::net::Ipv4Addr;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
 use std::os::unix::fs::OpenOptionsExt;
 
-use nix::sys::socket::{AddressFamily, SockFlag, SockType, socket};
-
 use crate::devices::net_backend::{BackendError, NetBackend};
+use crate::devices::netif::{self, control_socket, interface_request};
 
 /// The clone device.
 pub const TUN_DEVICE: &str = "/dev/net/tun";
@@ -62,17 +61,6 @@ pub enum TapError {
     },
 }
 
-/// An `ifreq` naming interface `name` (which [`Tap::open`] checked), everything else zero.
-fn interface_request(name: &str) -> libc::ifreq {
-    // SAFETY: `ifreq` is plain old data (arrays, integers, a union of those and pointers);
-    // all zeroes is a valid value of it.
-    let mut request: libc::ifreq = unsafe { std::mem::zeroed() };
-    for (slot, byte) in request.ifr_name.iter_mut().zip(name.as_bytes()) {
-        *slot = *byte as libc::c_char;
-    }
-    request
-}
-
 /// An IPv4 `sockaddr` (the layout of `sockaddr_in`: family, port 0, address, zeroes).
 fn ipv4_sockaddr(address: Ipv4Addr) -> libc::sockaddr {
     let mut data = [0 as libc::c_char; 14];
@@ -93,10 +81,10 @@ pub struct Tap {
 }
 
 impl Tap {
-    /// Attaches to the TAP interface `name`, creating it if it does not exist.
+    /// Attaches to the TAP interface `name`, creating it if it does not exist (1 to 15 bytes,
+    /// no NUL, `/` or white space).
     pub fn open(name: &str) -> Result<Tap, TapError> {
-        let bytes = name.as_bytes();
-        if bytes.is_empty() || bytes.len() >= libc::IFNAMSIZ || bytes.contains(&0) {
+        if !netif::valid_name(name) {
             return Err(TapError::BadName(name.to_owned()));
         }
         let file = OpenOptions::new()
@@ -139,16 +127,10 @@ impl Tap {
                 source,
             }
         };
-        let socket = socket(
-            AddressFamily::Inet,
-            SockType::Datagram,
-            SockFlag::SOCK_CLOEXEC,
-            None,
-        )
-        .map_err(|errno| TapError::Configure {
+        let socket = control_socket().map_err(|source| TapError::Configure {
             name: self.name.clone(),
             what: "open a socket to configure it",
-            source: errno.into(),
+            source,
         })?;
         let fd = socket.as_raw_fd();
         let mask = u32::MAX
@@ -168,20 +150,16 @@ impl Tap {
         if unsafe { libc::ioctl(fd, libc::SIOCSIFNETMASK, &mut request) } < 0 {
             return Err(failed("set the netmask"));
         }
-        let mut request = interface_request(&self.name);
-        // SAFETY: SIOCGIFFLAGS reads and writes one `ifreq`, which `request` is, and keeps no
-        // pointer to it.
-        if unsafe { libc::ioctl(fd, libc::SIOCGIFFLAGS, &mut request) } < 0 {
-            return Err(failed("read the flags"));
-        }
-        // SAFETY: SIOCGIFFLAGS succeeded, so the kernel wrote `ifru_flags`.
-        let flags = unsafe { request.ifr_ifru.ifru_flags };
-        request.ifr_ifru.ifru_flags = flags | libc::IFF_UP as libc::c_short;
-        // SAFETY: as above, for SIOCSIFFLAGS.
-        if unsafe { libc::ioctl(fd, libc::SIOCSIFFLAGS, &mut request) } < 0 {
-            return Err(failed("bring up"));
-        }
-        Ok(())
+        self.set_up()
+    }
+
+    /// Brings the interface up (with no address: a bridge port, say). Needs `CAP_NET_ADMIN`.
+    pub fn set_up(&self) -> Result<(), TapError> {
+        netif::set_up(&self.name, true).map_err(|source| TapError::Configure {
+            name: self.name.clone(),
+            what: "bring up",
+            source,
+        })
     }
 }
 
