@@ -123,6 +123,30 @@ impl NetNs {
         })
     }
 
+    /// The names of the namespace's interfaces, each with its bridge if it has one
+    /// (`tap0 master br0`).
+    pub fn interfaces(&self) -> Vec<String> {
+        let output = self.exec("ip", &["-o", "link", "show"]);
+        assert!(output.status.success(), "ip link: {output:?}");
+        String::from_utf8_lossy(&output.stdout)
+            .lines()
+            .filter_map(|line| {
+                // "7: name@peer: <FLAGS> mtu 1500 ... master br0 state UP ..."
+                let mut fields = line.split_whitespace();
+                let name = fields.nth(1)?.trim_end_matches(':');
+                let name = name.split('@').next()?.to_owned();
+                let master = line
+                    .split_whitespace()
+                    .skip_while(|field| *field != "master")
+                    .nth(1);
+                Some(match master {
+                    Some(bridge) => format!("{name} master {bridge}"),
+                    None => name,
+                })
+            })
+            .collect()
+    }
+
     /// Runs a command inside the namespace and returns its output.
     pub fn exec(&self, program: &str, args: &[&str]) -> std::process::Output {
         let mut all = vec!["netns", "exec", self.name.as_str(), program];

@@ -295,15 +295,6 @@ fn bench_suite_compares_rdma_with_udp_between_native_endpoints() {
     assert_eq!(c.latency_goal_met, c.latency_ratio <= c.latency_goal);
 }
 
-/// The interfaces in the current network namespace whose names start with `stem`.
-fn interfaces_named(stem: &str) -> Vec<String> {
-    std::fs::read_dir("/sys/class/net")
-        .unwrap()
-        .filter_map(|entry| entry.ok()?.file_name().into_string().ok())
-        .filter(|name| name.starts_with(stem))
-        .collect()
-}
-
 #[test]
 fn rdma_bench_runs_natively_through_a_linux_bridge() {
     use host_agent::rdmabench::{RdmaBenchParams, RdmaPath, run_native};
@@ -313,41 +304,40 @@ fn rdma_bench_runs_natively_through_a_linux_bridge() {
     // The bridge and the TAPs live in a namespace of the test's own.
     let ns = duovm_tests::NetNs::new("rb");
     let stem = format!("dv{:x}-", std::process::id());
-    ns.run_inside(|| {
-        for (test, size, iters) in [
-            (apps::rdma::Test::WriteBw, 65536, 100),
-            (apps::rdma::Test::ReadLat, 64, 200),
-            (apps::rdma::Test::SendBw, 4096, 200),
-        ] {
-            let params = RdmaBenchParams {
-                test,
-                size,
-                iters,
-                loss: 0.0,
-                mtu: roce::verbs::Mtu::Mtu1024,
-                qp_timeout: None,
-                path: RdmaPath::Tap,
-            };
-            let (report, logs) =
-                run_native(&params, std::time::Duration::from_millis(1), false).unwrap();
-            assert!(report.verified, "{test:?}: {report:#?} {logs:?}");
-            assert_eq!(report.path, "tap");
-            assert_eq!(report.figures.messages, u64::from(iters));
-            assert_eq!(interfaces_named(&stem), Vec::<String>::new(), "left behind");
-        }
-        // The switch's loss has no counterpart on the host's network: a clear error, and
-        // nothing is made.
-        let lossy = RdmaBenchParams {
-            test: apps::rdma::Test::WriteBw,
-            size: 4096,
-            iters: 1,
-            loss: 0.1,
-            mtu: roce::verbs::Mtu::Mtu1024,
-            qp_timeout: None,
-            path: RdmaPath::Tap,
-        };
-        let error = run_native(&lossy, std::time::Duration::from_millis(1), false).unwrap_err();
-        assert!(error.to_string().contains("--loss"), "{error}");
-        assert_eq!(interfaces_named(&stem), Vec::<String>::new());
-    });
+    let left_behind = || {
+        ns.interfaces()
+            .into_iter()
+            .filter(|name| name.starts_with(&stem))
+    };
+    let params = |test, size, iters, loss| RdmaBenchParams {
+        test,
+        size,
+        iters,
+        loss,
+        mtu: roce::verbs::Mtu::Mtu1024,
+        qp_timeout: None,
+        path: RdmaPath::Tap,
+    };
+    for (test, size, iters) in [
+        (apps::rdma::Test::WriteBw, 65536, 100),
+        (apps::rdma::Test::ReadLat, 64, 200),
+        (apps::rdma::Test::SendBw, 4096, 200),
+    ] {
+        let params = params(test, size, iters, 0.0);
+        let (report, logs) = ns
+            .run_inside(|| run_native(&params, std::time::Duration::from_millis(1), false))
+            .unwrap();
+        assert!(report.verified, "{test:?}: {report:#?} {logs:?}");
+        assert_eq!(report.path, "tap");
+        assert_eq!(report.figures.messages, u64::from(iters));
+        assert_eq!(left_behind().count(), 0, "{:?}", ns.interfaces());
+    }
+    // The switch's loss has no counterpart on the host's network: a clear error, and nothing
+    // is made.
+    let lossy = params(apps::rdma::Test::WriteBw, 4096, 1, 0.1);
+    let error = ns
+        .run_inside(|| run_native(&lossy, std::time::Duration::from_millis(1), false))
+        .unwrap_err();
+    assert!(error.to_string().contains("--loss"), "{error}");
+    assert_eq!(left_behind().count(), 0, "{:?}", ns.interfaces());
 }

@@ -213,3 +213,52 @@ fn rdma_runs_between_two_vms_through_a_linux_bridge() {
         assert!(counted("out") >= Some(20), "{b:#?}");
     }
 }
+
+#[test]
+fn bridges_and_taps_come_and_go() {
+    use host_agent::devices::netif::{Bridge, add_to_bridge};
+    use host_agent::rdmabench::TapLink;
+    if !tap_available("bridges_and_taps_come_and_go") {
+        return;
+    }
+    let ns = NetNs::new("br");
+    let stem = format!("dv{:x}-", std::process::id());
+    let ours = || -> Vec<String> {
+        let mut names: Vec<String> = ns
+            .interfaces()
+            .into_iter()
+            .filter(|name| name.starts_with(&stem) || name.starts_with("dvq"))
+            .collect();
+        names.sort();
+        names
+    };
+    // rdma-bench's link: a bridge and two TAPs on it, all gone once it is dropped.
+    let link = ns.run_inside(|| TapLink::create().expect("make the link"));
+    let bridge = link.bridge().to_owned();
+    let names = ours();
+    assert_eq!(names.len(), 3, "{names:?}");
+    assert!(names.contains(&bridge), "{names:?}");
+    for end in ["s", "c"] {
+        let tap = format!("{}{end} master {bridge}", bridge.trim_end_matches('b'));
+        assert!(names.contains(&tap), "{tap} in {names:?}");
+    }
+    drop(link);
+    assert_eq!(ours(), Vec::<String>::new());
+    // `rdma --bridge`: a TAP of ours joins a bridge someone else made.
+    let (bridge, tap) = ns.run_inside(|| {
+        let bridge = Bridge::create("dvqb").expect("make a bridge");
+        let tap = Tap::open("dvqt").expect("open a TAP");
+        add_to_bridge("dvqb", tap.name()).expect("join the bridge");
+        (bridge, tap)
+    });
+    assert_eq!(ours(), ["dvqb", "dvqt master dvqb"]);
+    assert!(
+        ns.run_inside(|| add_to_bridge("dvqb", "no-such-if"))
+            .unwrap_err()
+            .to_string()
+            .contains("find no-such-if")
+    );
+    drop(tap);
+    drop(bridge);
+    assert_eq!(ours(), Vec::<String>::new());
+}

@@ -12,6 +12,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use host_agent::benchsuite::{self, SuiteMode, SuiteParams, SuiteReport, rate};
 use host_agent::cluster::{Member, run_group};
 use host_agent::devices::net_backend::NetBackend;
+use host_agent::devices::netif;
 use host_agent::devices::pcap::{Captured, PcapWriter};
 use host_agent::devices::switch::{Switch, SwitchConfig};
 use host_agent::devices::tap::Tap;
@@ -396,9 +397,13 @@ struct RdmaArgs {
     #[arg(long, value_parser = parse_cidr)]
     ip: (std::net::Ipv4Addr, u8),
     /// The TAP interface of this endpoint's NIC (created if missing; put it on the peer's
-    /// network, e.g. into a bridge, yourself).
+    /// network yourself, or give --bridge).
     #[arg(long, value_name = "NAME")]
     tap: String,
+    /// Add the TAP to this existing Linux bridge and bring it up (as `ip link set TAP master
+    /// BRIDGE up`), for a peer on the bridge's network.
+    #[arg(long, value_name = "BRIDGE")]
+    bridge: Option<String>,
     /// The NIC's MAC address.
     #[arg(long, default_value = "02:d0:00:00:00:0b", value_parser = parse_mac)]
     mac: [u8; 6],
@@ -1014,6 +1019,9 @@ fn rdma(args: &RdmaArgs) -> Result<bool> {
         prefix_len,
     };
     let tap = Tap::open(&args.tap).with_context(|| format!("cannot open TAP {}", args.tap))?;
+    if let Some(bridge) = &args.bridge {
+        netif::add_to_bridge(bridge, tap.name())?;
+    }
     let echo = !args.vm.quiet && !args.vm.json;
     let capture = match &args.pcap {
         Some(path) => Some(

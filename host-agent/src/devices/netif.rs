@@ -1,7 +1,7 @@
 //! The host's network interfaces, configured with the classic `ioctl`s on a socket: an
-//! interface's index, its up/down flag, and Linux bridges (`SIOCBRADDBR`, `SIOCBRADDIF`,
-//! `SIOCBRDELBR`, as `brctl` does). Everything here needs `CAP_NET_ADMIN` except reading the
-//! index.
+//! interface's up/down flag, and Linux bridges (`SIOCBRADDBR`, `SIOCBRADDIF`, `SIOCBRDELBR`,
+//! as `brctl` does). Everything here needs `CAP_NET_ADMIN`. An `ioctl` on a socket acts in
+//! the network namespace the socket was made in.
 
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd};
@@ -71,12 +71,16 @@ unsafe fn control<T>(socket: &OwnedFd, request: libc::c_ulong, argument: *mut T)
     Ok(())
 }
 
-/// Brings interface `name` up or down.
+/// Brings interface `name` up or down, in this thread's network namespace.
 pub fn set_up(name: &str, up: bool) -> io::Result<()> {
-    let socket = control_socket()?;
+    set_up_on(&control_socket()?, name, up)
+}
+
+/// Brings interface `name` up or down, in `socket`'s network namespace.
+fn set_up_on(socket: &OwnedFd, name: &str, up: bool) -> io::Result<()> {
     let mut request = interface_request(name);
     // SAFETY: SIOCGIFFLAGS reads and writes one `ifreq`, which `request` is.
-    unsafe { control(&socket, libc::SIOCGIFFLAGS, &mut request) }?;
+    unsafe { control(socket, libc::SIOCGIFFLAGS, &mut request) }?;
     // SAFETY: SIOCGIFFLAGS succeeded, so the kernel wrote `ifru_flags`.
     let flags = unsafe { request.ifr_ifru.ifru_flags };
     let up_flag = libc::IFF_UP as libc::c_short;
@@ -86,15 +90,14 @@ pub fn set_up(name: &str, up: bool) -> io::Result<()> {
         flags & !up_flag
     };
     // SAFETY: SIOCSIFFLAGS reads one `ifreq`, which `request` is.
-    unsafe { control(&socket, libc::SIOCSIFFLAGS, &mut request) }
+    unsafe { control(socket, libc::SIOCSIFFLAGS, &mut request) }
 }
 
-/// The index of interface `name`.
-pub fn index(name: &str) -> io::Result<libc::c_int> {
-    let socket = control_socket()?;
+/// The index of interface `name`, in `socket`'s network namespace.
+fn index_on(socket: &OwnedFd, name: &str) -> io::Result<libc::c_int> {
     let mut request = interface_request(name);
     // SAFETY: SIOCGIFINDEX reads and writes one `ifreq`, which `request` is.
-    unsafe { control(&socket, libc::SIOCGIFINDEX, &mut request) }?;
+    unsafe { control(socket, libc::SIOCGIFINDEX, &mut request) }?;
     // SAFETY: SIOCGIFINDEX succeeded, so the kernel wrote `ifru_ifindex`.
     Ok(unsafe { request.ifr_ifru.ifru_ifindex })
 }
@@ -122,10 +125,13 @@ pub enum BridgeError {
 ///
 /// It has no address: a layer-2 segment between the interfaces added to it, forwarded by the
 /// host kernel. A fresh bridge runs no spanning tree, so an interface forwards as soon as it
-/// is added and up.
+/// is added and up. The bridge lives in the network namespace of the thread that created it;
+/// it keeps a socket of that namespace, so adding to it and deleting it act there, whichever
+/// thread does it.
 #[derive(Debug)]
 pub struct Bridge {
     name: String,
+    socket: OwnedFd,
 }
 
 impl Bridge {
@@ -147,8 +153,9 @@ impl Bridge {
             .map_err(|error| failed("create it", error))?;
         let bridge = Bridge {
             name: name.to_owned(),
+            socket,
         };
-        set_up(name, true).map_err(|error| failed("bring it up", error))?;
+        set_up_on(&bridge.socket, name, true).map_err(|error| failed("bring it up", error))?;
         Ok(bridge)
     }
 
@@ -157,25 +164,9 @@ impl Bridge {
         &self.name
     }
 
-    /// Adds interface `interface` to the bridge and brings it up.
+    /// Adds interface `interface` (of the bridge's namespace) to the bridge and brings it up.
     pub fn add(&self, interface: &str) -> Result<(), BridgeError> {
-        if !valid_name(interface) {
-            return Err(BridgeError::BadName(interface.to_owned()));
-        }
-        let failed = |what: String, source: io::Error| BridgeError::Configure {
-            bridge: self.name.clone(),
-            what,
-            source,
-        };
-        let index = index(interface).map_err(|error| failed(format!("find {interface}"), error))?;
-        let socket = control_socket().map_err(|error| failed("open a socket".to_owned(), error))?;
-        let mut request = interface_request(&self.name);
-        request.ifr_ifru.ifru_ifindex = index;
-        // SAFETY: SIOCBRADDIF reads one `ifreq` (the bridge's name and the interface's
-        // index), which `request` is.
-        unsafe { control(&socket, SIOCBRADDIF, &mut request) }
-            .map_err(|error| failed(format!("add {interface}"), error))?;
-        set_up(interface, true).map_err(|error| failed(format!("bring {interface} up"), error))
+        add_on(&self.socket, &self.name, interface)
     }
 }
 
@@ -183,14 +174,46 @@ impl Drop for Bridge {
     fn drop(&mut self) {
         // A bridge that is up cannot be deleted. Failing here leaves the bridge behind, which
         // `ip link del NAME` removes; nothing else depends on it.
-        let _ = set_up(&self.name, false);
-        let Ok(socket) = control_socket() else {
-            return;
-        };
+        let _ = set_up_on(&self.socket, &self.name, false);
         let mut bytes = name_buffer(&self.name);
         // SAFETY: SIOCBRDELBR reads a NUL-terminated name, which `bytes` is.
-        let _ = unsafe { control(&socket, SIOCBRDELBR, bytes.as_mut_ptr()) };
+        let _ = unsafe { control(&self.socket, SIOCBRDELBR, bytes.as_mut_ptr()) };
     }
+}
+
+/// Adds interface `interface` to the existing bridge `bridge`, both in this thread's network
+/// namespace, and brings it up (as `ip link set INTERFACE master BRIDGE up`).
+pub fn add_to_bridge(bridge: &str, interface: &str) -> Result<(), BridgeError> {
+    let socket = control_socket().map_err(|source| BridgeError::Configure {
+        bridge: bridge.to_owned(),
+        what: "open a socket".to_owned(),
+        source,
+    })?;
+    add_on(&socket, bridge, interface)
+}
+
+/// Adds `interface` to `bridge` in `socket`'s network namespace and brings it up.
+fn add_on(socket: &OwnedFd, bridge: &str, interface: &str) -> Result<(), BridgeError> {
+    for name in [bridge, interface] {
+        if !valid_name(name) {
+            return Err(BridgeError::BadName(name.to_owned()));
+        }
+    }
+    let failed = |what: String, source: io::Error| BridgeError::Configure {
+        bridge: bridge.to_owned(),
+        what,
+        source,
+    };
+    let index =
+        index_on(socket, interface).map_err(|error| failed(format!("find {interface}"), error))?;
+    let mut request = interface_request(bridge);
+    request.ifr_ifru.ifru_ifindex = index;
+    // SAFETY: SIOCBRADDIF reads one `ifreq` (the bridge's name and the interface's index),
+    // which `request` is.
+    unsafe { control(socket, SIOCBRADDIF, &mut request) }
+        .map_err(|error| failed(format!("add {interface}"), error))?;
+    set_up_on(socket, interface, true)
+        .map_err(|error| failed(format!("bring {interface} up"), error))
 }
 
 #[cfg(test)]
