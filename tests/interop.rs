@@ -391,6 +391,7 @@ fn params(
         // ibv_rc_pingpong's and perftest's own: the peer is rxe, and the ping-pongs with loss
         // recover from tail losses by this timer.
         qp_timeout: DEFAULT_QP_TIMEOUT,
+        retry_cnt: apps::rdma::DEFAULT_RETRY_CNT,
     }
 }
 

@@ -66,6 +66,9 @@ fn native_endpoints_exchange_tcp_and_udp_over_a_lossy_switch() {
     assert!(counters.lost > 0, "{counters:?}");
 }
 
+/// What each endpoint's RDMA application returned, by endpoint.
+type Results = Vec<(u8, Result<apps::rdma::TestReport, apps::rdma::TestError>)>;
+
 fn rdma_pair(
     test: apps::rdma::Test,
     size: u32,
@@ -89,8 +92,8 @@ fn rdma_pair(
         mtu: roce::verbs::Mtu::Mtu1024,
         handshake: apps::rdma::Handshake::RcPingpong,
         qp_timeout: apps::rdma::DEFAULT_QP_TIMEOUT,
+        retry_cnt: apps::rdma::DEFAULT_RETRY_CNT,
     };
-    type Results = Vec<(u8, Result<apps::rdma::TestReport, apps::rdma::TestError>)>;
     let results: Arc<Mutex<Results>> = Arc::default();
     let mut handles = Vec::new();
     for index in [1u8, 2] {
@@ -155,6 +158,94 @@ fn every_rdma_test_runs_natively_over_a_lossy_switch() {
         );
         assert_eq!(client.messages, u64::from(iters), "{test:?}");
     }
+}
+
+#[test]
+fn a_peer_that_goes_silent_fails_the_client_with_retry_exc_err_then_flushes() {
+    use apps::rdma::{Handshake, Test, TestError, TestParams, run_test};
+    use roce::verbs::WcStatus;
+    use std::sync::{Arc, Mutex};
+    let switch = Switch::new(SwitchConfig::default());
+    let params = |index: u8, retry_cnt: u8| TestParams {
+        test: Test::WriteBw,
+        size: 4096,
+        // Far more than runs before the link goes dead.
+        iters: 10_000_000,
+        server: (index == 2).then_some(Ipv4Addr::new(10, 78, 0, 1)),
+        local: Ipv4Addr::new(10, 78, 0, index),
+        port: 18515,
+        mtu: roce::verbs::Mtu::Mtu1024,
+        handshake: Handshake::RcPingpong,
+        qp_timeout: 10, // 4.2 ms
+        retry_cnt,
+    };
+    let results: Arc<Mutex<Results>> = Arc::default();
+    let mut handles = Vec::new();
+    // The server keeps rxe's unlimited retries; the client gives up after 3.
+    for (index, retry_cnt) in [(1u8, 7u8), (2, 3)] {
+        let results = results.clone();
+        let test_params = params(index, retry_cnt);
+        let app: host_agent::native::NativeApp = Box::new(move |os, client| {
+            let result = run_test(os, client, &test_params);
+            results.lock().unwrap().push((index, result));
+            Outcome::Failed
+        });
+        handles.push(spawn(member(&switch, index, app)).unwrap());
+    }
+    // Once WRITEs flow, the link goes dead: every frame from now on is lost.
+    let start = std::time::Instant::now();
+    while switch.counters().delivered < 5000 {
+        assert!(start.elapsed().as_secs() < 60, "{:?}", switch.counters());
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+    switch.set_faults(FaultConfig {
+        loss: 1.0,
+        ..FaultConfig::default()
+    });
+    let mut handles = handles.into_iter();
+    let server = handles.next().unwrap();
+    let client = handles.next().unwrap().join().unwrap();
+    // The client's first outstanding WRITE failed after its retries; everything behind it
+    // was flushed.
+    let client_result = results
+        .lock()
+        .unwrap()
+        .iter()
+        .find(|(i, _)| *i == 2)
+        .unwrap()
+        .1;
+    assert_eq!(
+        client_result,
+        Err(TestError::Completion(WcStatus::RetryExcErr)),
+        "{:?}",
+        client.lines
+    );
+    let summary = client
+        .lines
+        .iter()
+        .find(|line| line.contains("completed with RetryExcErr"))
+        .unwrap_or_else(|| panic!("{:?}", client.lines));
+    let count = |word: &str| -> u64 {
+        let (before, _) = summary.split_once(word).unwrap();
+        before.rsplit(' ').nth(1).unwrap().parse().unwrap()
+    };
+    let (left, flushed) = (count("more completions"), count("of them WrFlushErr"));
+    assert!(flushed > 0 && flushed == left, "{summary}");
+    // The server (unlimited retries, waiting for WRITEs that never come) ends when asked.
+    server.stop();
+    let server = server.join().unwrap();
+    let server_result = results
+        .lock()
+        .unwrap()
+        .iter()
+        .find(|(i, _)| *i == 1)
+        .unwrap()
+        .1;
+    assert!(
+        matches!(server_result, Err(TestError::Stopped(_))),
+        "{server_result:?} {:?}",
+        server.lines
+    );
 }
 
 fn net_bench(
@@ -316,6 +407,7 @@ fn rdma_bench_runs_natively_through_a_linux_bridge() {
         loss,
         mtu: roce::verbs::Mtu::Mtu1024,
         qp_timeout: None,
+        retry_cnt: apps::rdma::DEFAULT_RETRY_CNT,
         path: RdmaPath::Tap,
     };
     for (test, size, iters) in [

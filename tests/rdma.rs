@@ -27,6 +27,7 @@ fn run(
         loss,
         mtu: Mtu::Mtu1024,
         qp_timeout: None,
+        retry_cnt: apps::rdma::DEFAULT_RETRY_CNT,
         path: RdmaPath::Switch,
     };
     let (report, runs) = run_vms(

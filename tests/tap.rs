@@ -184,6 +184,7 @@ fn rdma_runs_between_two_vms_through_a_linux_bridge() {
         loss: 0.0,
         mtu: roce::verbs::Mtu::Mtu1024,
         qp_timeout: None,
+        retry_cnt: apps::rdma::DEFAULT_RETRY_CNT,
         path: RdmaPath::Tap,
     };
     let (report, runs) = ns.run_inside(|| {

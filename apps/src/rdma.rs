@@ -123,6 +123,10 @@ pub const DEFAULT_QP_TIMEOUT: u8 = 14;
 /// The largest local ACK timeout (the attribute has 5 bits): `4.096 µs << 31`, about 2.4 hours.
 pub const MAX_QP_TIMEOUT: u8 = 31;
 
+/// Transport retries unless told otherwise: 7, as `ibv_rc_pingpong` and perftest set it,
+/// which never runs out ([`roce::transport::UNLIMITED_RETRIES`]); it is also the largest.
+pub const DEFAULT_RETRY_CNT: u8 = roce::transport::UNLIMITED_RETRIES;
+
 /// What to run.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct TestParams {
@@ -147,6 +151,9 @@ pub struct TestParams {
     /// packet (an emulated guest) wants more than [`DEFAULT_QP_TIMEOUT`], or the requester
     /// resends what is only queued.
     pub qp_timeout: u8,
+    /// The QP's transport retries before a request fails with `RETRY_EXC_ERR` (0 to 7; 7, as
+    /// `ibv_rc_pingpong` and perftest set it, never runs out, as in rdma_rxe).
+    pub retry_cnt: u8,
 }
 
 impl TestParams {
@@ -161,14 +168,17 @@ impl TestParams {
             u64::from(self.iters),
             server,
             u64::from(self.port),
-            u64::from(self.mtu.bytes()) | u64::from(self.qp_timeout) << 32,
+            u64::from(self.mtu.bytes())
+                | u64::from(self.qp_timeout) << 32
+                | u64::from(self.retry_cnt) << 40,
         ];
         (args, self.handshake as u32)
     }
 
     /// The parameters in a workload's arguments and flags, for the side at `local`; `None` if
     /// the test is unknown. What is out of range takes its default: port
-    /// [`oob::DEFAULT_PORT`], MTU 1024, the `ibv_rc_pingpong` exchange, [`DEFAULT_QP_TIMEOUT`].
+    /// [`oob::DEFAULT_PORT`], MTU 1024, the `ibv_rc_pingpong` exchange, [`DEFAULT_QP_TIMEOUT`],
+    /// [`DEFAULT_RETRY_CNT`].
     pub fn from_args(args: [u64; 6], flags: u32, local: Ipv4Addr) -> Option<TestParams> {
         let port = u16::try_from(args[4]).unwrap_or(0);
         Some(TestParams {
@@ -180,10 +190,13 @@ impl TestParams {
             port: if port == 0 { oob::DEFAULT_PORT } else { port },
             mtu: Mtu::from_bytes(args[5] as u32).unwrap_or(Mtu::Mtu1024),
             handshake: Handshake::from_u32(flags).unwrap_or_default(),
-            qp_timeout: u8::try_from(args[5] >> 32)
-                .ok()
+            qp_timeout: Some((args[5] >> 32) as u8)
                 .filter(|timeout| *timeout <= MAX_QP_TIMEOUT)
                 .unwrap_or(DEFAULT_QP_TIMEOUT),
+            retry_cnt: u8::try_from(args[5] >> 40)
+                .ok()
+                .filter(|retries| *retries <= DEFAULT_RETRY_CNT)
+                .unwrap_or(DEFAULT_RETRY_CNT),
         })
     }
 }
@@ -220,6 +233,8 @@ pub enum TestError {
     Completion(WcStatus),
     /// Nothing happened for too long.
     Timeout(&'static str),
+    /// The platform asked the application to end ([`Os::should_stop`]) while it waited.
+    Stopped(&'static str),
     /// The data did not check out.
     BadData(&'static str),
 }
@@ -423,6 +438,9 @@ impl<O: Os> Link<'_, O> {
             if self.os.now_ns() > deadline {
                 return Err(TestError::Timeout(what));
             }
+            if self.os.should_stop() {
+                return Err(TestError::Stopped(what));
+            }
             if !more {
                 self.idle();
             }
@@ -578,12 +596,13 @@ fn connect(
     device: &mut Device,
     resources: &Resources,
     remote: &Destination,
-    (mtu, qp_timeout): (Mtu, u8),
+    (mtu, params): (Mtu, &TestParams),
 ) -> Result<(), TestError> {
     let (rtr, mask) = remote.rtr_attr(mtu);
     device.modify_qp(resources.qp, &rtr, mask)?;
     let (mut rts, mask) = oob::rts_attr(resources.psn);
-    rts.timeout = qp_timeout;
+    rts.timeout = params.qp_timeout;
+    rts.retry_cnt = params.retry_cnt;
     device.modify_qp(resources.qp, &rts, mask)?;
     Ok(())
 }
@@ -754,11 +773,10 @@ pub fn run_test(
                 "with perftest's exchange duovm is the client only",
             )),
         };
-        return finish(link, outcome);
+        return finish(link, resources.cq, outcome);
     }
 
     // The connection exchange, as rc_pingpong does it.
-    let path = (params.mtu, params.qp_timeout);
     let remote_memory = match params.server {
         None => {
             let listener = link.client.tcp_listen(params.port, 1, 0)?;
@@ -775,7 +793,7 @@ pub fn run_test(
             let _ = link.client.close(listener);
             link.exchange.listener = None;
             let remote = link.take_destination()?;
-            connect(&mut link.device, &resources, &remote, path)?;
+            connect(&mut link.device, &resources, &remote, (params.mtu, params))?;
             link.tcp_send_all(&own.to_message())?;
             if params.test.targets_server_memory() {
                 link.tcp_send_all(&memory_message(resources.rkey, resources.base))?;
@@ -807,7 +825,7 @@ pub fn run_test(
             } else {
                 None
             };
-            connect(&mut link.device, &resources, &remote, path)?;
+            connect(&mut link.device, &resources, &remote, (params.mtu, params))?;
             if params.test == Test::WriteLat {
                 link.tcp_send_all(&memory_message(resources.rkey, resources.base))?;
             }
@@ -851,15 +869,33 @@ pub fn run_test(
         }
         (true, Test::Pingpong) => pingpong(&mut link, &resources, params, size, true),
     };
-    finish(link, outcome)
+    finish(link, resources.cq, outcome)
 }
 
 /// Logs the engine's counters if the test failed, lets the last ACKs go out and completes the
 /// report.
 fn finish<O: Os>(
     mut link: Link<'_, O>,
+    cq: CqHandle,
     outcome: Result<TestReport, TestError>,
 ) -> Result<TestReport, TestError> {
+    if let Err(TestError::Completion(status)) = &outcome {
+        // A failed request moves the QP to ERR, which completes everything else outstanding
+        // with WR_FLUSH_ERR: say what is left.
+        let (mut left, mut flushed) = (0u64, 0u64);
+        let mut batch = [WorkCompletion::default(); 16];
+        while let Ok(got @ 1..) = link.device.poll_cq(cq, &mut batch) {
+            left += got as u64;
+            flushed += batch[..got]
+                .iter()
+                .filter(|completion| completion.status == WcStatus::WrFlushErr)
+                .count() as u64;
+        }
+        log!(
+            link.os,
+            "rdma: a work request completed with {status:?}; {left} more completions, {flushed} of them WrFlushErr"
+        );
+    }
     if let Err(error) = &outcome {
         let counters = link.device.counters();
         let stats = link.client.stats();
@@ -1379,12 +1415,14 @@ mod tests {
             mtu: Mtu::Mtu512,
             handshake: Handshake::Perftest,
             qp_timeout: 18,
+            retry_cnt: 3,
         };
         let (args, flags) = params.to_args();
         assert_eq!(TestParams::from_args(args, flags, local), Some(params));
         let server = TestParams {
             server: None,
             qp_timeout: 0,
+            retry_cnt: 0,
             ..params
         };
         let (args, flags) = server.to_args();
@@ -1392,12 +1430,13 @@ mod tests {
         // What is out of range takes its default; an unknown test is refused.
         let (mut args, _) = params.to_args();
         args[4] = 1 << 20;
-        args[5] = 7 | 32 << 32;
+        args[5] = 7 | 32 << 32 | 8 << 40;
         let odd = TestParams::from_args(args, 9, local).unwrap();
         assert_eq!(odd.port, oob::DEFAULT_PORT);
         assert_eq!(odd.mtu, Mtu::Mtu1024);
         assert_eq!(odd.handshake, Handshake::RcPingpong);
         assert_eq!(odd.qp_timeout, DEFAULT_QP_TIMEOUT);
+        assert_eq!(odd.retry_cnt, DEFAULT_RETRY_CNT);
         args[0] = 0;
         assert_eq!(TestParams::from_args(args, 0, local), None);
         args[0] = 1 << 33;

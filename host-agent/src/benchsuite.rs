@@ -413,6 +413,7 @@ pub fn run(
         loss: 0.0,
         mtu: RDMA_MTU,
         qp_timeout: None,
+        retry_cnt: apps::rdma::DEFAULT_RETRY_CNT,
         path: RdmaPath::Switch,
     };
     let write_bw_params = rdma(Test::WriteBw, RDMA_SIZE, params.rdma_iters);

@@ -63,9 +63,9 @@ enum Command {
     /// over TCP 18515 as ibv_rc_pingpong does and run the test, checking every byte and
     /// completion. Without --native each endpoint is a VM (OS A runs the verbs engine, OS B
     /// carries its RoCEv2 packets); with --native the same engines run as host threads.
-    /// JSON keys: test, mode, path, size, iters, mtu, qp_timeout, loss, messages, bytes,
-    /// seconds, gbit_per_sec, messages_per_sec, lat_p50_us, lat_p99_us, retransmissions,
-    /// verified.
+    /// JSON keys: test, mode, path, size, iters, mtu, qp_timeout, retry_cnt, loss, messages,
+    /// bytes, seconds, gbit_per_sec, messages_per_sec, lat_p50_us, lat_p99_us,
+    /// retransmissions, verified.
     RdmaBench(RdmaBenchArgs),
     /// Measure UDP or TCP goodput and small-message round trips through OS B's network service.
     ///
@@ -271,6 +271,11 @@ struct RdmaBenchArgs {
     /// whose emulated guests take milliseconds per packet.
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u8).range(0..=31))]
     qp_timeout: Option<u8>,
+    /// The QPs' transport retries before a request fails with RETRY_EXC_ERR (0 to 7; 7, as
+    /// ibv_rc_pingpong and perftest set it, never runs out, as in rdma_rxe).
+    #[arg(long, value_name = "N", default_value_t = apps::rdma::DEFAULT_RETRY_CNT,
+          value_parser = clap::value_parser!(u8).range(0..=7))]
+    retry_cnt: u8,
     /// Run the engines as host threads instead of in VMs.
     #[arg(long)]
     native: bool,
@@ -423,6 +428,11 @@ struct RdmaArgs {
     /// (perftest's -u; 0 waits forever). Default: 14 (67 ms) natively, 20 (4.3 s) in a VM.
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u8).range(0..=31))]
     qp_timeout: Option<u8>,
+    /// The QPs' transport retries before a request fails with RETRY_EXC_ERR (0 to 7; 7, as
+    /// ibv_rc_pingpong and perftest set it, never runs out, as in rdma_rxe).
+    #[arg(long, value_name = "N", default_value_t = apps::rdma::DEFAULT_RETRY_CNT,
+          value_parser = clap::value_parser!(u8).range(0..=7))]
+    retry_cnt: u8,
     /// The connection exchange the peer speaks.
     #[arg(long, value_enum, default_value = "rc-pingpong")]
     handshake: HandshakeArg,
@@ -740,6 +750,7 @@ fn rdma_bench(args: &RdmaBenchArgs) -> Result<bool> {
         loss: args.loss,
         mtu,
         qp_timeout: args.qp_timeout,
+        retry_cnt: args.retry_cnt,
         path: if args.tap {
             RdmaPath::Tap
         } else {
@@ -1012,6 +1023,7 @@ fn rdma(args: &RdmaArgs) -> Result<bool> {
         } else {
             rdmabench::VM_QP_TIMEOUT
         }),
+        retry_cnt: args.retry_cnt,
     };
     let identity = Identity {
         mac: args.mac,
@@ -1253,6 +1265,7 @@ fn demo(args: &DemoArgs) -> Result<bool> {
             loss: 0.0,
             mtu: Mtu::Mtu1024,
             qp_timeout: None,
+            retry_cnt: apps::rdma::DEFAULT_RETRY_CNT,
             path: RdmaPath::Switch,
         };
         let config = args.vm.config(images.clone(), [Workload::default(); 2])?;
@@ -1296,6 +1309,7 @@ fn demo(args: &DemoArgs) -> Result<bool> {
             loss: 0.0,
             mtu: Mtu::Mtu1024,
             qp_timeout: None,
+            retry_cnt: apps::rdma::DEFAULT_RETRY_CNT,
             path: RdmaPath::Switch,
         };
         let (report, logs) =

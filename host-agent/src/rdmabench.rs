@@ -45,6 +45,8 @@ pub struct RdmaBenchParams {
     /// The QPs' local ACK timeout (`4.096 µs << qp_timeout`); `None`: [`DEFAULT_QP_TIMEOUT`]
     /// natively, [`VM_QP_TIMEOUT`] in VMs.
     pub qp_timeout: Option<u8>,
+    /// The QPs' transport retries (0 to 7; 7 never runs out, as in rdma_rxe).
+    pub retry_cnt: u8,
     /// What joins the two endpoints.
     pub path: RdmaPath,
 }
@@ -170,6 +172,8 @@ pub struct RdmaBenchReport {
     pub mtu: u32,
     /// The QPs' local ACK timeout exponent.
     pub qp_timeout: u8,
+    /// The QPs' transport retries (7: unlimited).
+    pub retry_cnt: u8,
     /// Frame loss injected.
     pub loss: f64,
     /// The client's figures; `retransmissions` counts both sides'.
@@ -197,6 +201,7 @@ impl RdmaBenchReport {
             iters: params.iters,
             mtu: params.mtu.bytes(),
             qp_timeout: params.qp_timeout(mode == "vm"),
+            retry_cnt: params.retry_cnt,
             loss: params.loss,
             figures,
             verified: both_ok
@@ -230,6 +235,7 @@ fn side_params(params: &RdmaBenchParams, index: u8, vm: bool) -> TestParams {
         mtu: params.mtu,
         handshake: Handshake::RcPingpong,
         qp_timeout: params.qp_timeout(vm),
+        retry_cnt: params.retry_cnt,
     }
 }
 

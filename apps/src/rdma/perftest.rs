@@ -110,12 +110,7 @@ pub(super) fn run<O: Os>(
         psn: keys.psn,
         gid: keys.gid,
     };
-    connect(
-        &mut link.device,
-        resources,
-        &remote,
-        (mtu, params.qp_timeout),
-    )?;
+    connect(&mut link.device, resources, &remote, (mtu, params))?;
     for _ in 1..perftest::setup_handshakes(program) {
         exchange(link, &own)?;
     }

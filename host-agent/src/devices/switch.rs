@@ -446,6 +446,15 @@ impl Switch {
         })
     }
 
+    /// Changes the fault injection from the next frame on (a link that goes bad, or dead with
+    /// a loss of 1, while the ports stay); the generator starts again from `faults.seed`.
+    pub fn set_faults(&self, faults: FaultConfig) {
+        let mut state = lock_device(&self.state);
+        state.faulty = faults.loss > 0.0 || faults.duplication > 0.0 || faults.reordering > 0.0;
+        state.faults = faults;
+        state.rng = SplitMix64::new(faults.seed);
+    }
+
     /// The counters so far.
     pub fn counters(&self) -> SwitchCounters {
         lock_device(&self.state).counters
