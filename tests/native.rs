@@ -207,15 +207,12 @@ fn a_peer_that_goes_silent_fails_the_client_with_retry_exc_err_then_flushes() {
     let client = handles.next().unwrap().join().unwrap();
     // The client's first outstanding WRITE failed after its retries; everything behind it
     // was flushed.
-    let client_result = results
-        .lock()
-        .unwrap()
-        .iter()
-        .find(|(i, _)| *i == 2)
-        .unwrap()
-        .1;
+    let result_of = |index: u8| {
+        let results = results.lock().unwrap();
+        results.iter().find(|(i, _)| *i == index).unwrap().1
+    };
     assert_eq!(
-        client_result,
+        result_of(2),
         Err(TestError::Completion(WcStatus::RetryExcErr)),
         "{:?}",
         client.lines
@@ -234,13 +231,7 @@ fn a_peer_that_goes_silent_fails_the_client_with_retry_exc_err_then_flushes() {
     // The server (unlimited retries, waiting for WRITEs that never come) ends when asked.
     server.stop();
     let server = server.join().unwrap();
-    let server_result = results
-        .lock()
-        .unwrap()
-        .iter()
-        .find(|(i, _)| *i == 1)
-        .unwrap()
-        .1;
+    let server_result = result_of(1);
     assert!(
         matches!(server_result, Err(TestError::Stopped(_))),
         "{server_result:?} {:?}",

@@ -219,10 +219,14 @@ fn fast_path_exits_cause_no_context_switch_and_supervisor_exits_are_answered() {
     // Boot and logging add fast exits; the probe loop adds exactly 1000 supervisor exits.
     assert!(report.fast_path.exits >= 1000, "{report:#?}");
     assert_eq!(report.supervisor_path.exits, 1000, "{report:#?}");
-    // The fast path never blocks: it switches only when other load preempts it (involuntary
-    // switches, as many as the host's load makes: the other tests run beside this one).
-    assert_eq!(
-        report.fast_path.context_switches.voluntary, 0,
+    // The fast path has nothing to wait for: it switches when other load preempts it
+    // (involuntary switches, as many as the host's load makes: the other tests run beside
+    // this one), and blocks only where any code may, in the kernel's memory management (a page
+    // fault while the process's other VMs map and unmap their memory; seen once in 1173 exits
+    // under CI's load). A path that handed exits over would block on most of them.
+    let fast = &report.fast_path;
+    assert!(
+        fast.context_switches.voluntary * 100 <= fast.exits,
         "{report:#?}"
     );
     // The supervisor path hands each exit over and waits for the answer: whether the vCPU
