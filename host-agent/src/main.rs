@@ -674,8 +674,13 @@ fn print_rdma_report(report: &RdmaBenchReport) {
         "switch" => String::new(),
         path => format!(", {path}"),
     };
+    // Unlimited retries are the default (as ibv_rc_pingpong's); say so only when it is not.
+    let retries = match report.retry_cnt {
+        apps::rdma::DEFAULT_RETRY_CNT => String::new(),
+        retries => format!(" x {retries} retries"),
+    };
     println!(
-        "rdma: {} ({}{path}), {} x {} B, MTU {}, QP timeout {}, loss {}: {}",
+        "rdma: {} ({}{path}), {} x {} B, MTU {}, QP timeout {}{retries}, loss {}: {}",
         report.test,
         report.mode,
         report.figures.messages,
