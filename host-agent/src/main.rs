@@ -249,6 +249,21 @@ impl TestArg {
     }
 }
 
+/// How the RDMA tests' queue pairs resend.
+#[derive(Debug, Args)]
+struct QpArgs {
+    /// The QPs' local ACK timeout: unacknowledged packets are resent after 4.096 µs << N
+    /// (perftest's -u; 0 waits forever). Default: 14 (67 ms) natively, 20 (4.3 s) in VMs,
+    /// whose emulated guests take milliseconds per packet.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u8).range(0..=31))]
+    qp_timeout: Option<u8>,
+    /// The QPs' transport retries before a request fails with RETRY_EXC_ERR (0 to 7; 7, as
+    /// ibv_rc_pingpong and perftest set it, never runs out, as in rdma_rxe).
+    #[arg(long, value_name = "N", default_value_t = apps::rdma::DEFAULT_RETRY_CNT,
+          value_parser = clap::value_parser!(u8).range(0..=7))]
+    retry_cnt: u8,
+}
+
 #[derive(Debug, Args)]
 struct RdmaBenchArgs {
     /// The test.
@@ -266,16 +281,8 @@ struct RdmaBenchArgs {
     /// Path MTU (256, 512, 1024, 2048 or 4096; at most 1024 on the 1500-byte switch).
     #[arg(long, default_value_t = 1024)]
     mtu: u32,
-    /// The QPs' local ACK timeout: unacknowledged packets are resent after 4.096 µs << N
-    /// (perftest's -u; 0 waits forever). Default: 14 (67 ms) natively, 20 (4.3 s) in VMs,
-    /// whose emulated guests take milliseconds per packet.
-    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u8).range(0..=31))]
-    qp_timeout: Option<u8>,
-    /// The QPs' transport retries before a request fails with RETRY_EXC_ERR (0 to 7; 7, as
-    /// ibv_rc_pingpong and perftest set it, never runs out, as in rdma_rxe).
-    #[arg(long, value_name = "N", default_value_t = apps::rdma::DEFAULT_RETRY_CNT,
-          value_parser = clap::value_parser!(u8).range(0..=7))]
-    retry_cnt: u8,
+    #[command(flatten)]
+    qp: QpArgs,
     /// Run the engines as host threads instead of in VMs.
     #[arg(long)]
     native: bool,
@@ -424,15 +431,8 @@ struct RdmaArgs {
     /// Path MTU (256, 512, 1024, 2048 or 4096; 1024 fits a 1500-byte link).
     #[arg(long, default_value_t = 1024)]
     mtu: u32,
-    /// The QP's local ACK timeout: unacknowledged packets are resent after 4.096 µs << N
-    /// (perftest's -u; 0 waits forever). Default: 14 (67 ms) natively, 20 (4.3 s) in a VM.
-    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u8).range(0..=31))]
-    qp_timeout: Option<u8>,
-    /// The QPs' transport retries before a request fails with RETRY_EXC_ERR (0 to 7; 7, as
-    /// ibv_rc_pingpong and perftest set it, never runs out, as in rdma_rxe).
-    #[arg(long, value_name = "N", default_value_t = apps::rdma::DEFAULT_RETRY_CNT,
-          value_parser = clap::value_parser!(u8).range(0..=7))]
-    retry_cnt: u8,
+    #[command(flatten)]
+    qp: QpArgs,
     /// The connection exchange the peer speaks.
     #[arg(long, value_enum, default_value = "rc-pingpong")]
     handshake: HandshakeArg,
@@ -754,8 +754,8 @@ fn rdma_bench(args: &RdmaBenchArgs) -> Result<bool> {
         iters: args.iters,
         loss: args.loss,
         mtu,
-        qp_timeout: args.qp_timeout,
-        retry_cnt: args.retry_cnt,
+        qp_timeout: args.qp.qp_timeout,
+        retry_cnt: args.qp.retry_cnt,
         path: if args.tap {
             RdmaPath::Tap
         } else {
@@ -1023,12 +1023,12 @@ fn rdma(args: &RdmaArgs) -> Result<bool> {
         port: args.port,
         mtu,
         handshake,
-        qp_timeout: args.qp_timeout.unwrap_or(if args.native {
+        qp_timeout: args.qp.qp_timeout.unwrap_or(if args.native {
             apps::rdma::DEFAULT_QP_TIMEOUT
         } else {
             rdmabench::VM_QP_TIMEOUT
         }),
-        retry_cnt: args.retry_cnt,
+        retry_cnt: args.qp.retry_cnt,
     };
     let identity = Identity {
         mac: args.mac,
