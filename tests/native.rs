@@ -424,3 +424,244 @@ fn rdma_bench_runs_natively_through_a_linux_bridge() {
     assert!(error.to_string().contains("--loss"), "{error}");
     assert_eq!(left_behind().count(), 0, "{:?}", ns.interfaces());
 }
+
+/// One RC endpoint whose packets cross the built-in switch: a verbs device and its port.
+struct SwitchedQp {
+    device: roce::verbs::Device,
+    port: host_agent::devices::switch::SwitchPort,
+    mac: [u8; 6],
+    qp: roce::verbs::QpHandle,
+    cq: roce::verbs::CqHandle,
+    mr: roce::verbs::MrHandle,
+    info: roce::verbs::MrInfo,
+}
+
+/// Completions so far, per end.
+type Completions = [Vec<roce::verbs::WorkCompletion>; 2];
+
+/// Two RC QPs, connected, whose every packet goes through `switch` in an Ethernet frame: the
+/// transport's error paths with the switch's own loss, duplication and reordering.
+fn switched_pair(switch: &Switch, rnr_retry: u8) -> [SwitchedQp; 2] {
+    use roce::verbs::*;
+    let ip = |index: usize| Ipv4Addr::new(10, 79, 0, index as u8 + 1);
+    let mut ends = [0usize, 1].map(|index| {
+        let mut device = Device::new(DeviceConfig::new(ip(index)).with_seed(index as u64 + 1));
+        let pd = device.alloc_pd().unwrap();
+        let access = AccessFlags::LOCAL_WRITE | AccessFlags::REMOTE_WRITE;
+        let mr = device.reg_mr(pd, 1 << 20, access).unwrap();
+        let cq = device.create_cq(256).unwrap();
+        let qp = device
+            .create_qp(pd, &QpInitAttr::new(cq, cq, QpCap::default()))
+            .unwrap();
+        let init = QpAttr {
+            qp_state: QpState::Init,
+            port_num: 1,
+            qp_access_flags: AccessFlags::REMOTE_WRITE,
+            ..QpAttr::default()
+        };
+        device
+            .modify_qp(qp, &init, QpAttrMask::INIT_REQUIRED)
+            .unwrap();
+        let mac = [0x02, 0xd2, 0, 0, index as u8 + 1, 0x0b];
+        let info = device.mr(mr).unwrap().info();
+        SwitchedQp {
+            device,
+            port: switch.port(Some(mac)).unwrap(),
+            mac,
+            qp,
+            cq,
+            mr,
+            info,
+        }
+    });
+    let qpns = [ends[0].qp.qp_num(), ends[1].qp.qp_num()];
+    for (index, end) in ends.iter_mut().enumerate() {
+        let peer = 1 - index;
+        let rtr = QpAttr {
+            qp_state: QpState::Rtr,
+            path_mtu: Mtu::Mtu1024,
+            dest_qp_num: qpns[peer],
+            rq_psn: 0x100 * peer as u32,
+            max_dest_rd_atomic: 1,
+            min_rnr_timer: 1, // 10 us
+            ah_attr: AhAttr::global(Gid::from_ipv4(ip(peer))),
+            ..QpAttr::default()
+        };
+        end.device
+            .modify_qp(end.qp, &rtr, QpAttrMask::RTR_REQUIRED)
+            .unwrap();
+        let rts = QpAttr {
+            qp_state: QpState::Rts,
+            sq_psn: 0x100 * index as u32,
+            timeout: 8, // 1 ms
+            retry_cnt: 7,
+            rnr_retry,
+            max_rd_atomic: 1,
+            ..QpAttr::default()
+        };
+        end.device
+            .modify_qp(end.qp, &rts, QpAttrMask::RTS_REQUIRED)
+            .unwrap();
+    }
+    ends
+}
+
+/// Moves packets between the two ends through the switch and runs their timers until `done`
+/// holds for the ends and their completions so far; panics after 20 s.
+fn pump_until(
+    ends: &mut [SwitchedQp; 2],
+    switch: &Switch,
+    completions: &mut Completions,
+    mut done: impl FnMut(&[SwitchedQp; 2], &Completions) -> bool,
+) {
+    use host_agent::devices::net_backend::NetBackend;
+    let start = std::time::Instant::now();
+    let mut packet = vec![0u8; 2048];
+    let mut frame = vec![0u8; 2048];
+    let macs = [ends[0].mac, ends[1].mac];
+    while !done(ends, completions) {
+        assert!(start.elapsed().as_secs() < 20, "{completions:?}");
+        let now = start.elapsed().as_nanos() as u64;
+        for (index, end) in ends.iter_mut().enumerate() {
+            end.device.handle_timeouts(now);
+            while let Some(len) = end.device.poll_transmit(now, &mut packet) {
+                frame[..6].copy_from_slice(&macs[1 - index]);
+                frame[6..12].copy_from_slice(&end.mac);
+                frame[12..14].copy_from_slice(&0x0800u16.to_be_bytes());
+                frame[14..14 + len].copy_from_slice(&packet[..len]);
+                end.port.send(&frame[..14 + len]).unwrap();
+            }
+            while let Some(len) = end.port.receive(&mut frame).unwrap() {
+                end.device.receive(&frame[14..len], now);
+            }
+            let mut batch = [roce::verbs::WorkCompletion::default(); 16];
+            while let Ok(got @ 1..) = end.device.poll_cq(end.cq, &mut batch) {
+                completions[index].extend_from_slice(&batch[..got]);
+            }
+        }
+        // A frame held back for reordering goes out behind the next one, or now.
+        switch.flush_held();
+        std::thread::yield_now();
+    }
+}
+
+/// `(wr_id, status)` of each completion.
+fn statuses(completions: &[roce::verbs::WorkCompletion]) -> Vec<(u64, roce::verbs::WcStatus)> {
+    completions.iter().map(|wc| (wc.wr_id, wc.status)).collect()
+}
+
+#[test]
+fn rnr_and_remote_access_errors_through_the_faulty_switch() {
+    use roce::verbs::{RecvWr, SendWr, WcStatus, WrOperation};
+    let faulty_switch = || {
+        Switch::new(SwitchConfig {
+            faults: FaultConfig {
+                loss: 0.05,
+                duplication: 0.02,
+                reordering: 0.02,
+                seed: 11,
+            },
+            ..SwitchConfig::default()
+        })
+    };
+    let data: Vec<u8> = (0..9000u32).map(|i| (i * 7 + 1) as u8).collect();
+    let send = |end: &mut SwitchedQp, wr_id: u64, operation: WrOperation| {
+        let sge = end.info.sge(wr_id * 3000, 3000);
+        let offset = wr_id as usize * 3000;
+        end.device.mr_mut(end.mr).unwrap().as_mut_slice()[offset..offset + 3000]
+            .copy_from_slice(&data[offset..offset + 3000]);
+        end.device
+            .post_send(end.qp, &SendWr::new(wr_id, operation, &[sge]).signaled())
+            .unwrap();
+    };
+
+    // SENDs before the peer posted a receive: RNR NAKs; once receives are posted every SEND
+    // lands, once and intact.
+    let switch = faulty_switch();
+    let mut ends = switched_pair(&switch, 7);
+    let mut completions = Completions::default();
+    for wr_id in 0..3 {
+        send(&mut ends[0], wr_id, WrOperation::Send);
+    }
+    pump_until(&mut ends, &switch, &mut completions, |ends, _| {
+        ends[0].device.counters().rnr_naks_received >= 3
+    });
+    assert!(completions[0].is_empty(), "{completions:?}");
+    for wr_id in 0..3u64 {
+        let sge = ends[1].info.sge(0x1_0000 + wr_id * 4096, 4096);
+        let wr = RecvWr {
+            wr_id,
+            sg_list: &[sge],
+        };
+        ends[1].device.post_recv(ends[1].qp, &wr).unwrap();
+    }
+    pump_until(&mut ends, &switch, &mut completions, |_, done| {
+        done[0].len() == 3 && done[1].len() == 3
+    });
+    let all_good = vec![
+        (0, WcStatus::Success),
+        (1, WcStatus::Success),
+        (2, WcStatus::Success),
+    ];
+    assert_eq!(statuses(&completions[0]), all_good);
+    assert_eq!(statuses(&completions[1]), all_good);
+    let landed = ends[1].device.mr(ends[1].mr).unwrap().as_slice();
+    for wr_id in 0..3 {
+        let (to, from) = (0x1_0000 + wr_id * 4096, wr_id * 3000);
+        assert!(
+            landed[to..to + 3000] == data[from..from + 3000],
+            "SEND {wr_id}"
+        );
+    }
+    assert!(switch.counters().lost > 0, "{:?}", switch.counters());
+
+    // No receive ever: after rnr_retry 2 the SEND fails, and the WRs behind it are flushed.
+    let switch = faulty_switch();
+    let mut ends = switched_pair(&switch, 2);
+    let mut completions = Completions::default();
+    for wr_id in 0..3 {
+        send(&mut ends[0], wr_id, WrOperation::Send);
+    }
+    pump_until(&mut ends, &switch, &mut completions, |_, done| {
+        done[0].len() == 3
+    });
+    assert_eq!(
+        statuses(&completions[0]),
+        [
+            (0, WcStatus::RnrRetryExcErr),
+            (1, WcStatus::WrFlushErr),
+            (2, WcStatus::WrFlushErr),
+        ]
+    );
+
+    // A WRITE with a key the peer never gave out: REM_ACCESS_ERR, the rest flushed, and the
+    // peer's memory untouched.
+    let switch = faulty_switch();
+    let mut ends = switched_pair(&switch, 7);
+    let mut completions = Completions::default();
+    let (addr, rkey) = (ends[1].info.addr, ends[1].info.rkey);
+    for wr_id in 0..3 {
+        let key = if wr_id == 0 { rkey ^ 0x100 } else { rkey };
+        let write = WrOperation::RdmaWrite {
+            remote_addr: addr + wr_id * 3000,
+            rkey: key,
+        };
+        send(&mut ends[0], wr_id, write);
+    }
+    pump_until(&mut ends, &switch, &mut completions, |_, done| {
+        done[0].len() == 3
+    });
+    assert_eq!(
+        statuses(&completions[0]),
+        [
+            (0, WcStatus::RemAccessErr),
+            (1, WcStatus::WrFlushErr),
+            (2, WcStatus::WrFlushErr),
+        ]
+    );
+    let peer = ends[1].device.mr(ends[1].mr).unwrap().as_slice();
+    assert!(
+        peer[..3000].iter().all(|&byte| byte == 0),
+        "a bad key wrote"
+    );
+}
