@@ -453,15 +453,8 @@ fn switched_pair(switch: &Switch, rnr_retry: u8) -> [SwitchedQp; 2] {
         let qp = device
             .create_qp(pd, &QpInitAttr::new(cq, cq, QpCap::default()))
             .unwrap();
-        let init = QpAttr {
-            qp_state: QpState::Init,
-            port_num: 1,
-            qp_access_flags: AccessFlags::REMOTE_WRITE,
-            ..QpAttr::default()
-        };
-        device
-            .modify_qp(qp, &init, QpAttrMask::INIT_REQUIRED)
-            .unwrap();
+        let (init, mask) = roce::oob::init_attr(AccessFlags::REMOTE_WRITE);
+        device.modify_qp(qp, &init, mask).unwrap();
         let mac = [0x02, 0xd2, 0, 0, index as u8 + 1, 0x0b];
         let info = device.mr(mr).unwrap().info();
         SwitchedQp {
@@ -474,34 +467,21 @@ fn switched_pair(switch: &Switch, rnr_retry: u8) -> [SwitchedQp; 2] {
             info,
         }
     });
-    let qpns = [ends[0].qp.qp_num(), ends[1].qp.qp_num()];
+    // Connected as ibv_rc_pingpong connects, with timers for a fast path.
+    let destinations = [0, 1].map(|index| roce::oob::Destination {
+        lid: 0,
+        qpn: ends[index].qp.qp_num(),
+        psn: 0x100 * index as u32,
+        gid: Gid::from_ipv4(ip(index)),
+    });
     for (index, end) in ends.iter_mut().enumerate() {
-        let peer = 1 - index;
-        let rtr = QpAttr {
-            qp_state: QpState::Rtr,
-            path_mtu: Mtu::Mtu1024,
-            dest_qp_num: qpns[peer],
-            rq_psn: 0x100 * peer as u32,
-            max_dest_rd_atomic: 1,
-            min_rnr_timer: 1, // 10 us
-            ah_attr: AhAttr::global(Gid::from_ipv4(ip(peer))),
-            ..QpAttr::default()
-        };
-        end.device
-            .modify_qp(end.qp, &rtr, QpAttrMask::RTR_REQUIRED)
-            .unwrap();
-        let rts = QpAttr {
-            qp_state: QpState::Rts,
-            sq_psn: 0x100 * index as u32,
-            timeout: 8, // 1 ms
-            retry_cnt: 7,
-            rnr_retry,
-            max_rd_atomic: 1,
-            ..QpAttr::default()
-        };
-        end.device
-            .modify_qp(end.qp, &rts, QpAttrMask::RTS_REQUIRED)
-            .unwrap();
+        let (mut rtr, mask) = destinations[1 - index].rtr_attr(Mtu::Mtu1024);
+        rtr.min_rnr_timer = 1; // 10 us
+        end.device.modify_qp(end.qp, &rtr, mask).unwrap();
+        let (mut rts, mask) = roce::oob::rts_attr(destinations[index].psn);
+        rts.timeout = 8; // 1 ms
+        rts.rnr_retry = rnr_retry;
+        end.device.modify_qp(end.qp, &rts, mask).unwrap();
     }
     ends
 }

@@ -21,9 +21,8 @@ use netsvc::netmsg::Event;
 use roce::oob::{self, Destination};
 use roce::transport::MAX_UNACKED_PSNS;
 use roce::verbs::{
-    AccessFlags, CqHandle, Device, DeviceConfig, Gid, MrHandle, Mtu, QpAttr, QpAttrMask, QpCap,
-    QpHandle, QpInitAttr, QpState, RecvWr, SendWr, Sge, WcFlags, WcStatus, WorkCompletion,
-    WrOperation,
+    AccessFlags, CqHandle, Device, DeviceConfig, Gid, MrHandle, Mtu, QpCap, QpHandle, QpInitAttr,
+    RecvWr, SendWr, Sge, WcFlags, WcStatus, WorkCompletion, WrOperation,
 };
 
 use crate::{NetClient, Os, log, percentile};
@@ -571,14 +570,8 @@ fn set_up(device: &mut Device, region: u64, seed: u64) -> Result<Resources, Test
         max_inline_data: 0,
     };
     let qp = device.create_qp(pd, &QpInitAttr::new(cq, cq, cap))?;
-    let init = QpAttr {
-        qp_state: QpState::Init,
-        port_num: 1,
-        pkey_index: 0,
-        qp_access_flags: AccessFlags::ALL,
-        ..QpAttr::default()
-    };
-    device.modify_qp(qp, &init, QpAttrMask::INIT_REQUIRED)?;
+    let (init, mask) = oob::init_attr(AccessFlags::ALL);
+    device.modify_qp(qp, &init, mask)?;
     Ok(Resources {
         cq,
         qp,

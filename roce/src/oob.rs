@@ -50,7 +50,7 @@
 //!   ends the program. Each side prints `"%lld bytes in %.2f seconds = %.2f Mbit/sec"`
 //!   (bytes = `size * iters * 2`) and `"%d iters in %.2f seconds = %.2f usec/iter"`.
 
-use crate::verbs::{AhAttr, Gid, Mtu, QpAttr, QpAttrMask, QpState};
+use crate::verbs::{AccessFlags, AhAttr, Gid, Mtu, QpAttr, QpAttrMask, QpState};
 use core::fmt::Write;
 
 /// The TCP port `ibv_rc_pingpong` listens on and connects to.
@@ -233,6 +233,19 @@ impl Destination {
     }
 }
 
+/// The RESET -> INIT attributes `pp_init_ctx` sets (port 1, P_Key index 0), with the remote
+/// access the peer gets, and the mask.
+pub fn init_attr(access: AccessFlags) -> (QpAttr, QpAttrMask) {
+    let attr = QpAttr {
+        qp_state: QpState::Init,
+        port_num: 1,
+        pkey_index: 0,
+        qp_access_flags: access,
+        ..QpAttr::default()
+    };
+    (attr, QpAttrMask::INIT_REQUIRED)
+}
+
 /// The RTR -> RTS attributes `pp_connect_ctx` sets, with `sq_psn` the PSN this side sent in
 /// its message, and the mask.
 pub fn rts_attr(sq_psn: u32) -> (QpAttr, QpAttrMask) {
@@ -361,6 +374,12 @@ mod tests {
                 rts.max_rd_atomic
             ),
             (14, 7, 7, 0x654321, 1)
+        );
+        let (init, mask) = init_attr(AccessFlags::REMOTE_WRITE);
+        assert_eq!(mask, QpAttrMask::INIT_REQUIRED);
+        assert_eq!(
+            (init.qp_state, init.port_num, init.qp_access_flags),
+            (QpState::Init, 1, AccessFlags::REMOTE_WRITE)
         );
     }
 }
