@@ -886,7 +886,8 @@ fn finish<O: Os>(
         }
         log!(
             link.os,
-            "rdma: a work request completed with {status:?}; {left} more completions, {flushed} of them WrFlushErr"
+            "rdma: a work request completed with {status:?}; {left} more completions, \
+             {flushed} of them WrFlushErr"
         );
     }
     if let Err(error) = &outcome {

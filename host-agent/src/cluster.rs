@@ -33,8 +33,8 @@ impl std::fmt::Debug for Member {
     }
 }
 
-/// Builds every VM, attaches each NIC to `switch` (or to its own back-end), runs them all and returns their reports in
-/// order. A VM that cannot be built fails the group before any runs.
+/// Builds every VM, attaches each NIC to `switch` (or to its own back-end), runs them all and
+/// returns their reports in order. A VM that cannot be built fails the group before any runs.
 pub fn run_group(
     members: Vec<Member>,
     switch: &Switch,
