@@ -83,8 +83,10 @@ impl NetNs {
     /// Creates a namespace named `duovm-<tag>-<pid>` with loopback up.
     pub fn new(tag: &str) -> NetNs {
         let name = format!("duovm-{tag}-{}", std::process::id());
+        // One left by an earlier run of this process id, if any.
         let _ = std::process::Command::new("ip")
             .args(["netns", "del", &name])
+            .stderr(std::process::Stdio::null())
             .status();
         run_command("ip", &["netns", "add", &name]);
         let ns = NetNs { name };
@@ -145,6 +147,28 @@ impl NetNs {
                 })
             })
             .collect()
+    }
+
+    /// The namespace's interfaces that `ours` selects (as [`NetNs::interfaces`] names them),
+    /// sorted, once none is left or after five seconds.
+    ///
+    /// A TAP disappears when the last reference to its file is closed. A thread of the test
+    /// process that starts a command holds a copy of every descriptor from its `fork` until
+    /// the child's `exec`, so a TAP can outlive the `close` by that long while other tests run.
+    pub fn left_behind(&self, ours: impl Fn(&str) -> bool) -> Vec<String> {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        loop {
+            let mut names: Vec<String> = self
+                .interfaces()
+                .into_iter()
+                .filter(|name| ours(name))
+                .collect();
+            names.sort();
+            if names.is_empty() || std::time::Instant::now() >= deadline {
+                return names;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
     }
 
     /// Runs a command inside the namespace and returns its output.

@@ -386,11 +386,7 @@ fn rdma_bench_runs_natively_through_a_linux_bridge() {
     // The bridge and the TAPs live in a namespace of the test's own.
     let ns = duovm_tests::NetNs::new("rb");
     let stem = format!("dv{:x}-", std::process::id());
-    let left_behind = || {
-        ns.interfaces()
-            .into_iter()
-            .filter(|name| name.starts_with(&stem))
-    };
+    let left_behind = || ns.left_behind(|name| name.starts_with(&stem));
     let params = |test, size, iters, loss| RdmaBenchParams {
         test,
         size,
@@ -413,7 +409,7 @@ fn rdma_bench_runs_natively_through_a_linux_bridge() {
         assert!(report.verified, "{test:?}: {report:#?} {logs:?}");
         assert_eq!(report.path, "tap");
         assert_eq!(report.figures.messages, u64::from(iters));
-        assert_eq!(left_behind().count(), 0, "{:?}", ns.interfaces());
+        assert_eq!(left_behind(), Vec::<String>::new());
     }
     // The switch's loss has no counterpart on the host's network: a clear error, and nothing
     // is made.
@@ -422,7 +418,7 @@ fn rdma_bench_runs_natively_through_a_linux_bridge() {
         .run_inside(|| run_native(&lossy, std::time::Duration::from_millis(1), false))
         .unwrap_err();
     assert!(error.to_string().contains("--loss"), "{error}");
-    assert_eq!(left_behind().count(), 0, "{:?}", ns.interfaces());
+    assert_eq!(left_behind(), Vec::<String>::new());
 }
 
 /// One RC endpoint whose packets cross the built-in switch: a verbs device and its port.

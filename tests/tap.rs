@@ -224,12 +224,9 @@ fn bridges_and_taps_come_and_go() {
     }
     let ns = NetNs::new("br");
     let stem = format!("dv{:x}-", std::process::id());
+    let is_ours = |name: &str| name.starts_with(&stem) || name.starts_with("dvq");
     let ours = || -> Vec<String> {
-        let mut names: Vec<String> = ns
-            .interfaces()
-            .into_iter()
-            .filter(|name| name.starts_with(&stem) || name.starts_with("dvq"))
-            .collect();
+        let mut names: Vec<String> = ns.interfaces().into_iter().filter(|n| is_ours(n)).collect();
         names.sort();
         names
     };
@@ -244,7 +241,7 @@ fn bridges_and_taps_come_and_go() {
         assert!(names.contains(&tap), "{tap} in {names:?}");
     }
     drop(link);
-    assert_eq!(ours(), Vec::<String>::new());
+    assert_eq!(ns.left_behind(is_ours), Vec::<String>::new());
     // `rdma --bridge`: a TAP of ours joins a bridge someone else made.
     let (bridge, tap) = ns.run_inside(|| {
         let bridge = Bridge::create("dvqb").expect("make a bridge");
@@ -261,5 +258,5 @@ fn bridges_and_taps_come_and_go() {
     );
     drop(tap);
     drop(bridge);
-    assert_eq!(ours(), Vec::<String>::new());
+    assert_eq!(ns.left_behind(is_ours), Vec::<String>::new());
 }
