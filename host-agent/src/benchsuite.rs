@@ -86,6 +86,17 @@ impl SuiteParams {
         rdma_iters: 5000,
         lat_iters: 2000,
     };
+    /// The demo's short native suite (a few seconds): 3 rounds of 100 MiB of UDP against
+    /// 2000 WRITEs of 64 KiB (125 MiB), and 3 latency pairs of 2000 round trips.
+    pub const DEMO: SuiteParams = SuiteParams {
+        runs: 3,
+        udp_count: 100_000,
+        tcp_count: 500,
+        rtt_count: 2000,
+        lat_pairs: 3,
+        rdma_iters: 2000,
+        lat_iters: 2000,
+    };
     /// Defaults for VMs, whose guests may be emulated: a few seconds each.
     pub const VM: SuiteParams = SuiteParams {
         runs: 1,

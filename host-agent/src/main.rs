@@ -42,8 +42,8 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// The tour: boot the pair, exchange IPIs, move verified data through the ring, join two
-    /// VMs on the built-in switch, run RDMA between them, then the same RDMA engines natively
-    /// to show how fast they are.
+    /// VMs on the built-in switch, run RDMA between them, then the same engines natively to
+    /// show how fast RDMA is beside UDP over the same path.
     Demo(DemoArgs),
     /// Boot the pair and run one workload (for diagnostics and tests).
     Run(RunArgs),
@@ -1298,58 +1298,49 @@ fn demo(args: &DemoArgs) -> Result<bool> {
         println!("stage 4 {}", if all { "passed" } else { "FAILED" });
         println!();
         println!(
-            "== stage 5: the same engines as host threads (native mode), on the same switch: how fast"
+            "== stage 5: the same engines as host threads (native mode), on the same switch: how fast,"
+        );
+        println!(
+            "   RDMA side by side with UDP over the same path, alternating, {} rounds and {} latency pairs",
+            SuiteParams::DEMO.runs,
+            SuiteParams::DEMO.lat_pairs
         );
         println!(
             "   (in the VMs above the guests' instructions are emulated, so those figures measure the emulator)"
         );
     }
-    let mut native_ok = true;
-    let mut native = Vec::new();
-    for (test, size, iters) in [(Test::WriteBw, 65536, 2000), (Test::WriteLat, 64, 2000)] {
-        let params = RdmaBenchParams {
-            test,
-            size,
-            iters,
-            loss: 0.0,
-            mtu: Mtu::Mtu1024,
-            qp_timeout: None,
-            retry_cnt: apps::rdma::DEFAULT_RETRY_CNT,
-            path: RdmaPath::Switch,
-        };
-        let (report, logs) =
-            rdmabench::run_native(&params, host_agent::native::DEFAULT_IDLE_SPIN, false)?;
-        native_ok &= report.verified;
-        if json {
-            println!(
-                "{}",
-                serde_json::json!({ "stage": "native", "success": report.verified, "report": report })
-            );
-        } else {
-            if !report.verified {
-                for line in logs.iter().flatten().rev().take(8) {
-                    println!("  {line}");
-                }
-            }
-            print_rdma_report(&report);
+    let mode = SuiteMode::Native {
+        idle_spin: host_agent::native::DEFAULT_IDLE_SPIN,
+    };
+    let native = benchsuite::run(&mode, &SuiteParams::DEMO, |line| {
+        if !json {
+            println!("  {line}");
         }
-        native.push(report);
-    }
-    if !json {
-        println!("stage 5 {}", if native_ok { "passed" } else { "FAILED" });
+    })?;
+    if json {
+        println!(
+            "{}",
+            serde_json::json!({ "stage": "native", "success": native.verified, "report": native })
+        );
+    } else {
+        print_suite_report(&native);
+        println!(
+            "stage 5 {}",
+            if native.verified { "passed" } else { "FAILED" }
+        );
         print_demo_summary(
             started.elapsed(),
             (&ring, &between_vms, &native),
-            all && native_ok,
+            all && native.verified,
         );
     }
-    Ok(all && native_ok)
+    Ok(all && native.verified)
 }
 
 /// The demo's last lines: what ran, and the figures that matter.
 fn print_demo_summary(
     elapsed: Duration,
-    (ring, between_vms, native): (&RingBenchReport, &[RdmaBenchReport], &[RdmaBenchReport]),
+    (ring, between_vms, native): (&RingBenchReport, &[RdmaBenchReport], &SuiteReport),
     passed: bool,
 ) {
     let figure = |report: &RdmaBenchReport| {
@@ -1388,7 +1379,24 @@ fn print_demo_summary(
         ring.descriptors
     );
     println!("   two VMs (emulated)  {}", line(between_vms));
-    println!("   native engines      {}", line(native));
+    let compared = &native.comparison;
+    println!(
+        "   native engines      write_bw 64 KiB {}, {:.2} x UDP over the same path ({})",
+        rate(compared.rdma_write_gbit_per_sec),
+        compared.goodput_ratio,
+        rate(compared.udp_gbit_per_sec),
+    );
+    println!(
+        "                       RDMA WRITE round trip 64 B p50 {:.1} us, {:.2} x UDP's ({:.1} us); {}",
+        compared.rdma_rtt_us_p50,
+        compared.latency_ratio,
+        compared.udp_rtt_us_p50,
+        if native.verified {
+            "all verified"
+        } else {
+            "NOT all verified"
+        }
+    );
 }
 
 fn main() -> ExitCode {

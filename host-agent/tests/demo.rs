@@ -53,39 +53,54 @@ fn the_demo_runs_every_stage_and_reports_it() {
             ("rdma", true),
             ("rdma", true),
             ("native", true),
-            ("native", true),
         ]
     );
-    let tests: Vec<&str> = lines[3..]
+    let tests: Vec<&str> = lines[3..6]
         .iter()
         .map(|line| line["report"]["test"].as_str().unwrap())
         .collect();
-    assert_eq!(
-        tests,
-        [
-            "write_bw",
-            "read_lat",
-            "atomic_lat",
-            "write_bw",
-            "write_lat"
-        ]
-    );
+    assert_eq!(tests, ["write_bw", "read_lat", "atomic_lat"]);
     for line in &lines[3..] {
         let report = &line["report"];
         assert_eq!(report["verified"], true, "{report}");
     }
-    // The figures are flattened into each report (the documented `rdma-bench --json` keys).
-    let native_bw = &lines[6]["report"];
-    assert!(
-        native_bw["gbit_per_sec"].as_f64().unwrap() > 0.0,
-        "{native_bw}"
+    // Stage 5 is a short native suite (the `bench-suite --json` report): RDMA WRITE and UDP
+    // goodput side by side, and their round trips, with the documented keys.
+    let suite = &lines[6]["report"];
+    assert_eq!(suite["mode"], "native", "{suite}");
+    assert_eq!(
+        (suite["runs"].as_u64(), suite["lat_pairs"].as_u64()),
+        (Some(3), Some(3))
     );
-    assert_eq!(native_bw["bytes"], 2000 * 65536, "{native_bw}");
-    let native_lat = &lines[7]["report"];
-    assert!(
-        native_lat["lat_p50_us"].as_f64().unwrap() > 0.0,
-        "{native_lat}"
+    let write_bw = &suite["write_bw"]["median"];
+    assert_eq!(write_bw["test"], "write_bw", "{write_bw}");
+    assert_eq!(write_bw["bytes"], 2000 * 65536, "{write_bw}");
+    assert_eq!(
+        suite["write_bw"]["gbit_per_sec_runs"]
+            .as_array()
+            .map(Vec::len),
+        Some(3)
     );
+    let write_lat = &suite["write_lat"]["median"];
+    assert!(
+        write_lat["lat_p50_us"].as_f64().unwrap() > 0.0,
+        "{write_lat}"
+    );
+    let comparison = &suite["comparison"];
+    for key in [
+        "udp_gbit_per_sec",
+        "rdma_write_gbit_per_sec",
+        "goodput_ratio",
+        "latency_ratio",
+    ] {
+        assert!(
+            comparison[key].as_f64().unwrap() > 0.0,
+            "{key}: {comparison}"
+        );
+    }
+    let ratio = comparison["rdma_write_gbit_per_sec"].as_f64().unwrap()
+        / comparison["udp_gbit_per_sec"].as_f64().unwrap();
+    assert!((ratio - comparison["goodput_ratio"].as_f64().unwrap()).abs() < 1e-9);
 
     let text = demo(false);
     for stage in 1..=5 {
@@ -111,5 +126,14 @@ fn the_demo_runs_every_stage_and_reports_it() {
     );
     assert!(summary.iter().any(|line| line.contains("native engines")
         && line.contains("write_bw 64 KiB")
-        && line.ends_with("all verified")));
+        && line.contains("x UDP over the same path")));
+    assert!(
+        summary
+            .iter()
+            .any(|line| line.contains("RDMA WRITE round trip 64 B")
+                && line.ends_with("all verified"))
+    );
+    // Every measurement of the suite is shown as it ends.
+    assert!(text.contains("round 3/3: rdma write_bw 65536 B"), "{text}");
+    assert!(text.contains("latency pair 3/3: udp 64 B"), "{text}");
 }
