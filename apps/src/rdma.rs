@@ -966,6 +966,10 @@ fn serve<O: Os>(
         )?;
     }
     report.elapsed_ns = link.os.now_ns() - start;
+    // What the client asked of this side's responder, each carried out once: its READs and
+    // atomics never reach this application otherwise. The client's closing message is a
+    // WRITE with immediate after write_bw, a SEND with immediate after the others.
+    let executed = link.device.counters().executed;
     let mr = link.device.mr(resources.mr)?;
     let memory = mr.as_slice();
     match test {
@@ -979,20 +983,33 @@ fn serve<O: Os>(
                 let intact = has_pattern(&memory[at..at + size as usize], last);
                 report.verified &= intact;
             }
-            report.messages = iters;
+            report.verified &= executed.writes == iters + 1;
+            report.messages = executed.writes.saturating_sub(1);
             report.bytes = iters * u64::from(size);
         }
         Test::AtomicLat => {
             let word = u64::from_le_bytes(memory[..8].try_into().unwrap_or([0; 8]));
-            report.verified &= word == swapped_counter(iters);
-            report.messages = iters;
+            // The FETCH_AND_ADDs, then the two CMP_AND_SWPs of `swap_counter`.
+            report.verified &= word == swapped_counter(iters) && executed.atomics == iters + 2;
+            report.messages = executed.atomics.saturating_sub(2);
+        }
+        Test::ReadLat => {
+            report.verified &= executed.reads == iters;
+            report.messages = executed.reads;
+            report.bytes = executed.reads * u64::from(size);
         }
         Test::SendBw => report.verified &= next_message == iters,
-        _ => {}
+        Test::WriteLat | Test::Pingpong => {}
     }
+    let served = match test {
+        Test::WriteBw => " (WRITEs placed by its responder)",
+        Test::ReadLat => " (READs answered by its responder)",
+        Test::AtomicLat => " (atomics carried out by its responder)",
+        Test::SendBw | Test::WriteLat | Test::Pingpong => "",
+    };
     log!(
         link.os,
-        "rdma: {} server: {} messages, data {}",
+        "rdma: {} server: {} messages{served}, data {}",
         test.name(),
         report.messages,
         if report.verified { "verified" } else { "WRONG" }

@@ -385,5 +385,31 @@ proptest! {
             .filter(|(wc, op)| wc.status != WcStatus::Success && matches!(op, Op::FetchAdd))
             .count() as u64;
         prop_assert!((fetch_adds..=fetch_adds + unanswered).contains(&counter));
+        // The responder carried out each message once, whatever was lost, duplicated or
+        // resent (those count as duplicates); after a failure, at most the posted ones and
+        // at least the ones that completed.
+        let executed = net.devices[1].counters().executed;
+        let count = |kind: fn(&Op) -> bool| {
+            let posted = ops.iter().filter(|op| kind(op)).count() as u64;
+            let done = sent
+                .iter()
+                .zip(&ops)
+                .filter(|(wc, op)| wc.status == WcStatus::Success && kind(op))
+                .count() as u64;
+            (done, posted)
+        };
+        for (name, got, (done, posted)) in [
+            ("sends", executed.sends, count(|op| matches!(op, Op::Send(_)))),
+            ("writes", executed.writes, count(|op| matches!(op, Op::Write(_)))),
+            ("reads", executed.reads, count(|op| matches!(op, Op::Read(_)))),
+            ("atomics", executed.atomics, count(|op| matches!(op, Op::FetchAdd))),
+        ] {
+            if failed {
+                prop_assert!((done..=posted).contains(&got), "{} {} not in {}..={}", name, got, done, posted);
+            } else {
+                prop_assert_eq!(got, posted, "{} executed once each", name);
+            }
+        }
+        prop_assert_eq!(net.devices[0].counters().executed, Default::default(), "A only requested");
     }
 }

@@ -53,6 +53,21 @@ impl DropCounters {
     }
 }
 
+/// Requests a responder carried out, by operation: whole messages, each counted once when it
+/// is executed (a duplicate that is acknowledged again or replayed is counted in
+/// [`Counters::duplicate_requests`] instead; a refused one in the NAKs sent).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct ExecutedCounters {
+    /// SENDs (with or without immediate data) placed in a receive buffer.
+    pub sends: u64,
+    /// RDMA WRITEs (with or without immediate data) placed in memory.
+    pub writes: u64,
+    /// RDMA READ requests answered from memory.
+    pub reads: u64,
+    /// Atomic operations carried out (compare and swap, fetch and add).
+    pub atomics: u64,
+}
+
 /// Counters of a device.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Counters {
@@ -92,4 +107,6 @@ pub struct Counters {
     pub icrc_errors: u64,
     /// Other dropped packets, by reason.
     pub drops: DropCounters,
+    /// Requests this device's responders carried out.
+    pub executed: ExecutedCounters,
 }

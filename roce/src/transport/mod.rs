@@ -107,7 +107,7 @@ mod completer;
 mod requester;
 mod responder;
 
-pub use self::counters::{Counters, DropCounters};
+pub use self::counters::{Counters, DropCounters, ExecutedCounters};
 pub use self::qp::{DEFAULT_TTL, MAX_SGE, udp_source_port};
 
 use crate::icrc::Icrc;

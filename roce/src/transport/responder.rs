@@ -251,6 +251,9 @@ fn execute_send(
         qp.complete_recv_head(env, WcStatus::Success, WcOpcode::Recv, placed, imm);
     }
     advance(qp, ib, info, InMessage::Send);
+    if info.position.ends_message() {
+        env.counters.executed.sends += 1;
+    }
 }
 
 fn execute_write(
@@ -354,6 +357,9 @@ fn execute_write(
         );
     }
     advance(qp, ib, info, InMessage::Write);
+    if info.position.ends_message() {
+        env.counters.executed.writes += 1;
+    }
 }
 
 /// Stores a READ/atomic resource in the next slot, replacing the oldest.
@@ -425,6 +431,7 @@ fn execute_read(qp: &mut QueuePair, env: &mut Env<'_>, ib: &RoceRepr) {
         first: true,
         msn: qp.resp.msn,
     });
+    env.counters.executed.reads += 1;
     qp.resp.psn = psn::add(last_psn, 1);
     qp.resp.in_message = InMessage::None;
 }
@@ -477,6 +484,7 @@ fn execute_atomic(qp: &mut QueuePair, env: &mut Env<'_>, ib: &RoceRepr) {
     *bytes = new.to_le_bytes();
     qp.resp.msn = psn::add(qp.resp.msn, 1);
     store_resource(qp, Resource::Atomic { psn, original });
+    env.counters.executed.atomics += 1;
     qp.resp.out.push_back(Response::AtomicAck {
         psn,
         original,
