@@ -392,6 +392,7 @@ fn params(
         // recover from tail losses by this timer.
         qp_timeout: DEFAULT_QP_TIMEOUT,
         retry_cnt: apps::rdma::DEFAULT_RETRY_CNT,
+        stall_timeout: 0,
     }
 }
 

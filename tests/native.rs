@@ -93,6 +93,7 @@ fn rdma_pair(
         handshake: apps::rdma::Handshake::RcPingpong,
         qp_timeout: apps::rdma::DEFAULT_QP_TIMEOUT,
         retry_cnt: apps::rdma::DEFAULT_RETRY_CNT,
+        stall_timeout: 0,
     };
     let results: Arc<Mutex<Results>> = Arc::default();
     let mut handles = Vec::new();
@@ -178,6 +179,7 @@ fn a_peer_that_goes_silent_fails_the_client_with_retry_exc_err_then_flushes() {
         handshake: Handshake::RcPingpong,
         qp_timeout: 10, // 4.2 ms
         retry_cnt,
+        stall_timeout: 0,
     };
     let results: Arc<Mutex<Results>> = Arc::default();
     let mut handles = Vec::new();
@@ -395,6 +397,7 @@ fn rdma_bench_runs_natively_through_a_linux_bridge() {
         mtu: roce::verbs::Mtu::Mtu1024,
         qp_timeout: None,
         retry_cnt: apps::rdma::DEFAULT_RETRY_CNT,
+        stall_timeout: 0,
         path: RdmaPath::Tap,
     };
     for (test, size, iters) in [
@@ -419,6 +422,52 @@ fn rdma_bench_runs_natively_through_a_linux_bridge() {
         .unwrap_err();
     assert!(error.to_string().contains("--loss"), "{error}");
     assert_eq!(left_behind(), Vec::<String>::new());
+}
+
+#[test]
+fn a_step_may_outlast_the_stall_timeout_while_psns_move_and_a_stall_fails_clearly() {
+    use apps::rdma::Test;
+    use host_agent::rdmabench::{RdmaBenchParams, RdmaPath, run_native};
+    let params = |iters, loss| RdmaBenchParams {
+        test: Test::WriteBw,
+        size: 65536,
+        iters,
+        loss,
+        mtu: roce::verbs::Mtu::Mtu1024,
+        qp_timeout: None,
+        retry_cnt: apps::rdma::DEFAULT_RETRY_CNT,
+        stall_timeout: 1,
+        path: RdmaPath::Switch,
+    };
+    let spin = std::time::Duration::from_millis(1);
+    // The write_bw server waits for one completion, the client's last WRITE_WITH_IMM, for
+    // the whole run: a run longer than the stall timeout still ends well while PSNs move.
+    // How long a run takes depends on the build and the host: more messages until it is.
+    let mut iters = 2000;
+    loop {
+        let (report, logs) = run_native(&params(iters, 0.0), spin, false).unwrap();
+        assert!(report.verified, "{report:#?} {logs:?}");
+        assert_eq!(report.error, None);
+        if report.figures.seconds > 1.5 {
+            break;
+        }
+        assert!(
+            iters < 1 << 20,
+            "{iters} messages in {} s",
+            report.figures.seconds
+        );
+        iters *= 4;
+    }
+    // Nothing gets through: each side fails after a second without headway, and says so.
+    let started = std::time::Instant::now();
+    let (report, logs) = run_native(&params(10, 1.0), spin, false).unwrap();
+    assert!(!report.verified);
+    let error = report.error.unwrap_or_default();
+    assert!(
+        error.starts_with("server: nothing moved for 1 s") && error.contains("the client"),
+        "{error} {logs:?}"
+    );
+    assert!(started.elapsed() < std::time::Duration::from_secs(20));
 }
 
 /// One RC endpoint whose packets cross the built-in switch: a verbs device and its port.

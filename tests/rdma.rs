@@ -28,6 +28,7 @@ fn run(
         mtu: Mtu::Mtu1024,
         qp_timeout: None,
         retry_cnt: apps::rdma::DEFAULT_RETRY_CNT,
+        stall_timeout: 0,
         path: RdmaPath::Switch,
     };
     let (report, runs) = run_vms(

@@ -185,6 +185,7 @@ fn rdma_runs_between_two_vms_through_a_linux_bridge() {
         mtu: roce::verbs::Mtu::Mtu1024,
         qp_timeout: None,
         retry_cnt: apps::rdma::DEFAULT_RETRY_CNT,
+        stall_timeout: 0,
         path: RdmaPath::Tap,
     };
     let (report, runs) = ns.run_inside(|| {

@@ -153,7 +153,14 @@ pub struct TestParams {
     /// The QP's transport retries before a request fails with `RETRY_EXC_ERR` (0 to 7; 7, as
     /// `ibv_rc_pingpong` and perftest set it, never runs out, as in rdma_rxe).
     pub retry_cnt: u8,
+    /// Seconds any step of the test may go without headway (no PSN acknowledged or taken,
+    /// no step done) before the test fails; 0 means [`DEFAULT_STALL_TIMEOUT`]. A slow step
+    /// on a lossy path goes on as long as PSNs move.
+    pub stall_timeout: u16,
 }
+
+/// Seconds a step may go without headway unless told otherwise.
+pub const DEFAULT_STALL_TIMEOUT: u16 = 60;
 
 impl TestParams {
     /// The parameters as the arguments and flags of an `RdmaTest` workload (see
@@ -169,7 +176,8 @@ impl TestParams {
             u64::from(self.port),
             u64::from(self.mtu.bytes())
                 | u64::from(self.qp_timeout) << 32
-                | u64::from(self.retry_cnt) << 40,
+                | u64::from(self.retry_cnt) << 40
+                | u64::from(self.stall_timeout) << 48,
         ];
         (args, self.handshake as u32)
     }
@@ -192,10 +200,10 @@ impl TestParams {
             qp_timeout: Some((args[5] >> 32) as u8)
                 .filter(|timeout| *timeout <= MAX_QP_TIMEOUT)
                 .unwrap_or(DEFAULT_QP_TIMEOUT),
-            retry_cnt: u8::try_from(args[5] >> 40)
-                .ok()
+            retry_cnt: Some((args[5] >> 40) as u8)
                 .filter(|retries| *retries <= DEFAULT_RETRY_CNT)
                 .unwrap_or(DEFAULT_RETRY_CNT),
+            stall_timeout: (args[5] >> 48) as u16,
         })
     }
 }
@@ -230,12 +238,36 @@ pub enum TestError {
     Exchange(&'static str),
     /// A work request completed with an error.
     Completion(WcStatus),
-    /// Nothing happened for too long.
-    Timeout(&'static str),
+    /// No PSN moved for `seconds` ([`TestParams::stall_timeout`]) while the test was at
+    /// step `what`.
+    Timeout {
+        /// The step.
+        what: &'static str,
+        /// How long nothing moved.
+        seconds: u16,
+    },
     /// The platform asked the application to end ([`Os::should_stop`]) while it waited.
     Stopped(&'static str),
     /// The data did not check out.
     BadData(&'static str),
+}
+
+impl core::fmt::Display for TestError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            TestError::Verbs(error) => write!(f, "a verb failed: {error:?}"),
+            TestError::Net(error) => write!(f, "the network service refused: {error:?}"),
+            TestError::Exchange(what) => write!(f, "connection exchange: {what}"),
+            TestError::Completion(status) => {
+                write!(f, "a work request completed with {status:?}")
+            }
+            TestError::Timeout { what, seconds } => {
+                write!(f, "nothing moved for {seconds} s {what}")
+            }
+            TestError::Stopped(what) => write!(f, "stopped {what}"),
+            TestError::BadData(what) => write!(f, "bad data: {what}"),
+        }
+    }
 }
 
 impl From<roce::verbs::VerbsError> for TestError {
@@ -294,8 +326,6 @@ fn write_slots(size: u32) -> u64 {
 
 /// Events [`Link::pump`] takes before it lets the engine transmit.
 const PUMP_BATCH: usize = 32;
-/// How long any one step may wait before the test gives up.
-const STEP_TIMEOUT_NS: u64 = 60_000_000_000;
 /// The server region's base address.
 const REMOTE_BASE: u64 = 0x1_0000_0000;
 
@@ -359,6 +389,8 @@ struct Link<'a, O: Os> {
     transmit: Vec<u8>,
     exchange: Exchange,
     send_drops: u64,
+    /// [`TestParams::stall_timeout`].
+    stall_timeout: u16,
 }
 
 impl<O: Os> Link<'_, O> {
@@ -422,20 +454,49 @@ impl<O: Os> Link<'_, O> {
         self.os.wait(self.client, deadline.max(now + 1_000));
     }
 
-    /// Pumps until `done` holds, or fails after [`STEP_TIMEOUT_NS`].
+    /// PSNs the engine moved forward, as requester and as responder: it grows while the
+    /// transport makes headway, however slowly (resent packets and duplicates do not count).
+    fn headway(&self) -> u64 {
+        let counters = self.device.counters();
+        counters.accepted_psns + counters.acknowledged_psns
+    }
+
+    /// Seconds a step may go without headway.
+    fn stall_seconds(&self) -> u16 {
+        match self.stall_timeout {
+            0 => DEFAULT_STALL_TIMEOUT,
+            seconds => seconds,
+        }
+    }
+
+    /// Nanoseconds a step may go without headway.
+    fn stall_ns(&self) -> u64 {
+        u64::from(self.stall_seconds()) * 1_000_000_000
+    }
+
+    /// Pumps until `done` holds, or fails once [`TestParams::stall_timeout`] passes with no
+    /// headway: a long run on a lossy path is slow, not stuck, as long as PSNs move.
     fn until(
         &mut self,
         what: &'static str,
         mut done: impl FnMut(&mut Self) -> bool,
     ) -> Result<(), TestError> {
-        let deadline = self.os.now_ns() + STEP_TIMEOUT_NS;
+        let mut deadline = self.os.now_ns() + self.stall_ns();
+        let mut headway = self.headway();
         loop {
             let more = self.pump();
             if done(self) {
                 return Ok(());
             }
-            if self.os.now_ns() > deadline {
-                return Err(TestError::Timeout(what));
+            let now = self.os.now_ns();
+            if self.headway() != headway {
+                headway = self.headway();
+                deadline = now + self.stall_ns();
+            } else if now > deadline {
+                return Err(TestError::Timeout {
+                    what,
+                    seconds: self.stall_seconds(),
+                });
             }
             if self.os.should_stop() {
                 return Err(TestError::Stopped(what));
@@ -447,9 +508,10 @@ impl<O: Os> Link<'_, O> {
     }
 
     /// Connects the exchange connection to `server`. The server may not listen yet: a refused
-    /// connection is tried again, as `rxe-retry` does for rc_pingpong, for up to a minute.
+    /// connection is tried again, as `rxe-retry` does for rc_pingpong, for up to the stall
+    /// timeout.
     fn connect_exchange(&mut self, server: SocketAddrV4) -> Result<(), TestError> {
-        let give_up = self.os.now_ns() + STEP_TIMEOUT_NS;
+        let give_up = self.os.now_ns() + self.stall_ns();
         loop {
             let handle = self.client.tcp_connect(server, 0, 0)?;
             self.exchange = Exchange {
@@ -751,6 +813,7 @@ pub fn run_test(
         transmit,
         exchange: Exchange::default(),
         send_drops: 0,
+        stall_timeout: params.stall_timeout,
     };
     let own = Destination {
         lid: 0,
@@ -895,7 +958,7 @@ fn finish<O: Os>(
         let stats = link.client.stats();
         log!(
             link.os,
-            "rdma: {error:?}: engine sent {} received {} retransmitted {} timeouts {} seq NAKs sent {} received {} out of sequence {} duplicates {} RNR NAKs {}/{}; {} packets OS B could not take; client {} requests {} events {} errors",
+            "rdma: {error}: engine sent {} received {} retransmitted {} timeouts {} seq NAKs sent {} received {} out of sequence {} duplicates {} RNR NAKs {}/{}; {} packets OS B could not take; client {} requests {} events {} errors",
             counters.packets_sent,
             counters.packets_received,
             counters.retransmitted_packets,
@@ -1427,6 +1490,7 @@ mod tests {
             handshake: Handshake::Perftest,
             qp_timeout: 18,
             retry_cnt: 3,
+            stall_timeout: 5,
         };
         let (args, flags) = params.to_args();
         assert_eq!(TestParams::from_args(args, flags, local), Some(params));
@@ -1434,6 +1498,7 @@ mod tests {
             server: None,
             qp_timeout: 0,
             retry_cnt: 0,
+            stall_timeout: 0,
             ..params
         };
         let (args, flags) = server.to_args();

@@ -61,7 +61,7 @@ pub fn run(platform: &Platform, peer: &Peer, os: &mut GuestOs, client: &mut NetC
             }
         }
         Err(error) => {
-            println!("rdma: {} {role} failed: {error:?}", test.name());
+            println!("rdma: {} {role} failed: {error}", test.name());
             Outcome::Failed
         }
     }

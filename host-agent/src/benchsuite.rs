@@ -425,6 +425,7 @@ pub fn run(
         mtu: RDMA_MTU,
         qp_timeout: None,
         retry_cnt: apps::rdma::DEFAULT_RETRY_CNT,
+        stall_timeout: 0,
         path: RdmaPath::Switch,
     };
     let write_bw_params = rdma(Test::WriteBw, RDMA_SIZE, params.rdma_iters);

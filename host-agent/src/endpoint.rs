@@ -120,7 +120,7 @@ pub fn native_member(
             outcome
         }
         Err(error) => {
-            apps::log!(os, "rdma: {} failed: {error:?}", params.test.name());
+            apps::log!(os, "rdma: {} failed: {error}", params.test.name());
             Outcome::Failed
         }
     });

@@ -65,7 +65,8 @@ enum Command {
     /// carries its RoCEv2 packets); with --native the same engines run as host threads.
     /// JSON keys: test, mode, path, size, iters, mtu, qp_timeout, retry_cnt, loss, messages,
     /// bytes, seconds, gbit_per_sec, messages_per_sec, lat_p50_us, lat_p99_us,
-    /// retransmissions, verified.
+    /// retransmissions, verified, error (why the run failed, or null). A step at which no PSN
+    /// moves for 60 s fails the run; a slow one on a lossy path does not.
     RdmaBench(RdmaBenchArgs),
     /// Measure UDP or TCP goodput and small-message round trips through OS B's network service.
     ///
@@ -262,6 +263,11 @@ struct QpArgs {
     #[arg(long, value_name = "N", default_value_t = apps::rdma::DEFAULT_RETRY_CNT,
           value_parser = clap::value_parser!(u8).range(0..=7))]
     retry_cnt: u8,
+    /// Seconds any step of the test may go without headway (no PSN acknowledged or taken)
+    /// before it fails; a slow step on a lossy path goes on as long as PSNs move.
+    #[arg(long, value_name = "SECONDS", default_value_t = apps::rdma::DEFAULT_STALL_TIMEOUT,
+          value_parser = clap::value_parser!(u16).range(1..))]
+    stall_timeout: u16,
 }
 
 #[derive(Debug, Args)]
@@ -694,7 +700,10 @@ fn print_rdma_report(report: &RdmaBenchReport) {
             "NOT verified"
         }
     );
-    print_figures(&report.figures);
+    match &report.error {
+        Some(error) => println!("rdma: failed, {error}"),
+        None => print_figures(&report.figures),
+    }
 }
 
 /// A local ACK timeout as people read it: `20 (4.29 s)`.
@@ -756,6 +765,7 @@ fn rdma_bench(args: &RdmaBenchArgs) -> Result<bool> {
         mtu,
         qp_timeout: args.qp.qp_timeout,
         retry_cnt: args.qp.retry_cnt,
+        stall_timeout: args.qp.stall_timeout,
         path: if args.tap {
             RdmaPath::Tap
         } else {
@@ -1029,6 +1039,7 @@ fn rdma(args: &RdmaArgs) -> Result<bool> {
             rdmabench::VM_QP_TIMEOUT
         }),
         retry_cnt: args.qp.retry_cnt,
+        stall_timeout: args.qp.stall_timeout,
     };
     let identity = Identity {
         mac: args.mac,
@@ -1271,6 +1282,7 @@ fn demo(args: &DemoArgs) -> Result<bool> {
             mtu: Mtu::Mtu1024,
             qp_timeout: None,
             retry_cnt: apps::rdma::DEFAULT_RETRY_CNT,
+            stall_timeout: 0,
             path: RdmaPath::Switch,
         };
         let config = args.vm.config(images.clone(), [Workload::default(); 2])?;

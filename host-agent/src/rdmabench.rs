@@ -47,6 +47,8 @@ pub struct RdmaBenchParams {
     pub qp_timeout: Option<u8>,
     /// The QPs' transport retries (0 to 7; 7 never runs out, as in rdma_rxe).
     pub retry_cnt: u8,
+    /// Seconds a step may go without headway before the test fails (0: the default).
+    pub stall_timeout: u16,
     /// What joins the two endpoints.
     pub path: RdmaPath,
 }
@@ -181,6 +183,26 @@ pub struct RdmaBenchReport {
     pub figures: Figures,
     /// Every byte and completion checked out on both sides.
     pub verified: bool,
+    /// Why the run failed, as the side that failed said it (`server: ...` or `client: ...`);
+    /// `null` if both sides ran the test to its end (`verified` then says whether everything
+    /// checked out).
+    pub error: Option<String>,
+}
+
+/// What the application of an endpoint said when its test failed (`rdma: <test> [<role>]
+/// failed: <why>`, logged by the OS A shell natively and in VMs), if it did.
+fn failure(lines: &[String]) -> Option<&str> {
+    lines.iter().rev().find_map(|line| {
+        let (_, why) = line.split_once(" failed: ")?;
+        line.contains("rdma: ").then_some(why)
+    })
+}
+
+/// The first failure of the server's and the client's logs, named by side.
+fn first_failure(server: &[String], client: &[String]) -> Option<String> {
+    [("server", server), ("client", client)]
+        .into_iter()
+        .find_map(|(side, lines)| failure(lines).map(|why| format!("{side}: {why}")))
 }
 
 impl RdmaBenchReport {
@@ -190,6 +212,7 @@ impl RdmaBenchReport {
         client: &TestReport,
         server: &TestReport,
         both_ok: bool,
+        error: Option<String>,
     ) -> Self {
         let mut figures = Figures::of(client);
         figures.retransmissions += server.retransmissions;
@@ -208,6 +231,7 @@ impl RdmaBenchReport {
                 && client.verified
                 && server.verified
                 && client.messages == u64::from(params.iters),
+            error,
         }
     }
 }
@@ -236,6 +260,7 @@ fn side_params(params: &RdmaBenchParams, index: u8, vm: bool) -> TestParams {
         handshake: Handshake::RcPingpong,
         qp_timeout: params.qp_timeout(vm),
         retry_cnt: params.retry_cnt,
+        stall_timeout: params.stall_timeout,
     }
 }
 
@@ -290,7 +315,21 @@ pub fn run_vms(
     drop(link);
     let side = published;
     let both_ok = runs.iter().all(|run| run.os(Role::A).success);
-    let report = RdmaBenchReport::new("vm", params, &side(&runs[1]), &side(&runs[0]), both_ok);
+    let lines = |run: &RunReport| run.os(Role::A).serial_lines.clone();
+    let error = first_failure(&lines(&runs[0]), &lines(&runs[1])).or_else(|| {
+        (!both_ok).then(|| {
+            let run = runs.iter().find(|run| !run.os(Role::A).success);
+            run.map_or_else(String::new, |run| run.os(Role::A).summary.clone())
+        })
+    });
+    let report = RdmaBenchReport::new(
+        "vm",
+        params,
+        &side(&runs[1]),
+        &side(&runs[0]),
+        both_ok,
+        error,
+    );
     Ok((report, runs))
 }
 
@@ -330,14 +369,23 @@ pub fn run_native(
                 both_ok &= report.outcome == Outcome::Success;
                 logs.push(report.lines);
             }
-            Err(_) => both_ok = false,
+            Err(_) => {
+                both_ok = false;
+                logs.push(vec![
+                    "rdma: endpoint failed: its thread panicked".to_owned(),
+                ]);
+            }
         }
     }
     drop(link);
     let report = |slot: &ReportSlot| slot.lock().ok().and_then(|slot| *slot).unwrap_or_default();
     let (server, client) = (report(&slots[0]), report(&slots[1]));
+    let error = match logs.as_slice() {
+        [server_lines, client_lines] => first_failure(server_lines, client_lines),
+        _ => None,
+    };
     Ok((
-        RdmaBenchReport::new("native", params, &client, &server, both_ok),
+        RdmaBenchReport::new("native", params, &client, &server, both_ok, error),
         logs,
     ))
 }

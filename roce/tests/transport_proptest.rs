@@ -411,5 +411,25 @@ proptest! {
             }
         }
         prop_assert_eq!(net.devices[0].counters().executed, Default::default(), "A only requested");
+        // Progress in PSNs: B took each of A's PSNs once, A saw each acknowledged once.
+        let psns: u64 = ops
+            .iter()
+            .map(|op| match *op {
+                Op::Send(len) | Op::Write(len) | Op::Read(len) => {
+                    u64::from(len.div_ceil(mtu.bytes()).max(1))
+                }
+                Op::FetchAdd => 1,
+            })
+            .sum();
+        let (accepted, acknowledged) = (
+            net.devices[1].counters().accepted_psns,
+            net.devices[0].counters().acknowledged_psns,
+        );
+        if failed {
+            prop_assert!(acknowledged <= accepted && accepted <= psns);
+        } else {
+            prop_assert_eq!((accepted, acknowledged), (psns, psns));
+        }
+        prop_assert_eq!(net.devices[0].counters().accepted_psns, 0, "A only requested");
     }
 }

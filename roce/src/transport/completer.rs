@@ -146,10 +146,11 @@ pub(crate) fn handle_response(
         };
         break;
     }
+    let acknowledged = psn::diff(qp.comp.psn, oldest).max(0) as u32;
+    env.counters.acknowledged_psns += u64::from(acknowledged);
     if progress && qp.can_send() {
         qp.restart_timer(env.now);
         // Grow the window by the PSNs acknowledged (doubling per round trip).
-        let acknowledged = psn::diff(qp.comp.psn, oldest).max(0) as u32;
         qp.req.window = (qp.req.window + acknowledged).min(MAX_UNACKED_PSNS);
     }
 }

@@ -103,6 +103,12 @@ pub struct Counters {
     pub retry_exceeded: u64,
     /// Requests that ended with `RNR_RETRY_EXC_ERR` (rxe `retry_rnr_exceeded_err`).
     pub rnr_retry_exceeded: u64,
+    /// Request PSNs this device's responders took in sequence: new work, duplicates not
+    /// included (a READ request counts the PSNs of its response).
+    pub accepted_psns: u64,
+    /// Request PSNs of this device's requesters that the peer acknowledged (by ACK, NAK,
+    /// READ response or atomic acknowledge), each once.
+    pub acknowledged_psns: u64,
     /// Packets with a wrong ICRC, dropped (rxe drops them silently too).
     pub icrc_errors: u64,
     /// Other dropped packets, by reason.

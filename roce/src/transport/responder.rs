@@ -186,8 +186,15 @@ pub(crate) fn handle_request(qp: &mut QueuePair, env: &mut Env<'_>, ib: &RoceRep
 }
 
 /// The request at the expected PSN was carried out: expect the next one, ACK it if asked.
-fn advance(qp: &mut QueuePair, ib: &RoceRepr, info: OpcodeInfo, in_message: InMessage) {
+fn advance(
+    qp: &mut QueuePair,
+    env: &mut Env<'_>,
+    ib: &RoceRepr,
+    info: OpcodeInfo,
+    in_message: InMessage,
+) {
     let psn = ib.bth.psn;
+    env.counters.accepted_psns += 1;
     if info.position.ends_message() {
         qp.resp.msn = psn::add(qp.resp.msn, 1);
         qp.resp.in_message = InMessage::None;
@@ -250,7 +257,7 @@ fn execute_send(
         let imm = ib.immdt.map(|immdt| immdt.immediate);
         qp.complete_recv_head(env, WcStatus::Success, WcOpcode::Recv, placed, imm);
     }
-    advance(qp, ib, info, InMessage::Send);
+    advance(qp, env, ib, info, InMessage::Send);
     if info.position.ends_message() {
         env.counters.executed.sends += 1;
     }
@@ -356,7 +363,7 @@ fn execute_write(
             imm,
         );
     }
-    advance(qp, ib, info, InMessage::Write);
+    advance(qp, env, ib, info, InMessage::Write);
     if info.position.ends_message() {
         env.counters.executed.writes += 1;
     }
@@ -432,6 +439,7 @@ fn execute_read(qp: &mut QueuePair, env: &mut Env<'_>, ib: &RoceRepr) {
         msn: qp.resp.msn,
     });
     env.counters.executed.reads += 1;
+    env.counters.accepted_psns += u64::from(packets);
     qp.resp.psn = psn::add(last_psn, 1);
     qp.resp.in_message = InMessage::None;
 }
@@ -485,6 +493,7 @@ fn execute_atomic(qp: &mut QueuePair, env: &mut Env<'_>, ib: &RoceRepr) {
     qp.resp.msn = psn::add(qp.resp.msn, 1);
     store_resource(qp, Resource::Atomic { psn, original });
     env.counters.executed.atomics += 1;
+    env.counters.accepted_psns += 1;
     qp.resp.out.push_back(Response::AtomicAck {
         psn,
         original,
