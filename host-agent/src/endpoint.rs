@@ -43,6 +43,15 @@ pub fn published(run: &RunReport) -> TestReport {
     }
 }
 
+/// What the application of an endpoint said when its test failed (`rdma: <test> [<role>]
+/// failed: <why>`, logged by the OS A shell natively and in VMs), if it did.
+pub fn failure(lines: &[String]) -> Option<&str> {
+    lines.iter().rev().find_map(|line| {
+        let (_, why) = line.split_once(" failed: ")?;
+        line.contains("rdma: ").then_some(why)
+    })
+}
+
 /// The network identity of an endpoint.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Identity {
@@ -219,11 +228,19 @@ pub struct EndpointReport {
     pub figures: Figures,
     /// The test completed and every check passed.
     pub verified: bool,
+    /// Why the test failed, as the application said it; `null` if it ran to its end.
+    pub error: Option<String>,
 }
 
 impl EndpointReport {
-    /// The report of `params` run in `mode`; `result` is `None` if the test failed.
-    pub fn new(params: &TestParams, mode: &'static str, result: Option<&TestReport>) -> Self {
+    /// The report of `params` run in `mode`; `result` is `None` if the test failed, and
+    /// `error` says why.
+    pub fn new(
+        params: &TestParams,
+        mode: &'static str,
+        result: Option<&TestReport>,
+        error: Option<String>,
+    ) -> Self {
         let result = result.copied().unwrap_or_default();
         EndpointReport {
             test: params.test.name(),
@@ -243,6 +260,7 @@ impl EndpointReport {
             qp_timeout: params.qp_timeout,
             figures: Figures::of(&result),
             verified: result.verified && result.messages == u64::from(params.iters),
+            error,
         }
     }
 }

@@ -118,7 +118,7 @@ enum Command {
     /// match the peer's (-s, -n). See docs/INTEROP.md.
     /// JSON keys: test, mode, handshake, role, peer, size, iters, mtu, qp_timeout, messages,
     /// bytes, seconds, gbit_per_sec, messages_per_sec, lat_p50_us, lat_p99_us, retransmissions,
-    /// verified.
+    /// verified, error (why the test failed, or null).
     Rdma(RdmaArgs),
     /// Measure the two exit paths: fast (on the vCPU thread) and supervisor (handed over).
     ///
@@ -1058,7 +1058,7 @@ fn rdma(args: &RdmaArgs) -> Result<bool> {
         ),
         None => None,
     };
-    let (result, mode) = if args.native {
+    let (result, mode, error) = if args.native {
         let backend: Box<dyn NetBackend> = match capture {
             Some(capture) => Box::new(Captured {
                 inner: tap,
@@ -1072,7 +1072,8 @@ fn rdma(args: &RdmaArgs) -> Result<bool> {
                 eprintln!("  {line}");
             }
         }
-        (result, "native")
+        let error = endpoint::failure(&native.lines).map(str::to_owned);
+        (result, "native", error)
     } else {
         let images = args.vm.images()?;
         let config = args.vm.config(images, [Workload::default(); 2])?;
@@ -1084,13 +1085,16 @@ fn rdma(args: &RdmaArgs) -> Result<bool> {
             capture,
             args.vm.timeout(),
         )?;
-        let ok = run.os(Role::A).success;
-        if !ok && !args.vm.json {
+        let a = run.os(Role::A);
+        let error = endpoint::failure(&a.serial_lines)
+            .map(str::to_owned)
+            .or_else(|| (!a.success).then(|| a.summary.clone()));
+        if !a.success && !args.vm.json {
             print_failure_logs(std::slice::from_ref(&run));
         }
-        (ok.then_some(result), "vm")
+        (a.success.then_some(result), "vm", error)
     };
-    let report = EndpointReport::new(&params, mode, result.as_ref());
+    let report = EndpointReport::new(&params, mode, result.as_ref(), error);
     if args.vm.json {
         println!("{}", serde_json::to_string(&report)?);
     } else {
@@ -1111,8 +1115,10 @@ fn rdma(args: &RdmaArgs) -> Result<bool> {
                 "FAILED"
             }
         );
-        if result.is_some() {
-            print_figures(&report.figures);
+        match &report.error {
+            Some(error) => println!("rdma: failed, {error}"),
+            None if result.is_some() => print_figures(&report.figures),
+            None => {}
         }
     }
     Ok(report.verified)

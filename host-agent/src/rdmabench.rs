@@ -25,7 +25,7 @@ use crate::devices::net_backend::NetBackend;
 use crate::devices::netif::{Bridge, BridgeError};
 use crate::devices::switch::{FaultConfig, Switch, SwitchConfig};
 use crate::devices::tap::{Tap, TapError};
-use crate::endpoint::{Figures, Identity, ReportSlot, native_member, published, workload};
+use crate::endpoint::{Figures, Identity, ReportSlot, failure, native_member, published, workload};
 use crate::native::{NativeError, spawn};
 use crate::vm::{RunReport, VmConfig, VmError};
 
@@ -187,15 +187,6 @@ pub struct RdmaBenchReport {
     /// `null` if both sides ran the test to its end (`verified` then says whether everything
     /// checked out).
     pub error: Option<String>,
-}
-
-/// What the application of an endpoint said when its test failed (`rdma: <test> [<role>]
-/// failed: <why>`, logged by the OS A shell natively and in VMs), if it did.
-fn failure(lines: &[String]) -> Option<&str> {
-    lines.iter().rev().find_map(|line| {
-        let (_, why) = line.split_once(" failed: ")?;
-        line.contains("rdma: ").then_some(why)
-    })
 }
 
 /// The first failure of the server's and the client's logs, named by side.
