@@ -248,8 +248,6 @@ pub enum TestError {
     },
     /// The platform asked the application to end ([`Os::should_stop`]) while it waited.
     Stopped(&'static str),
-    /// The data did not check out.
-    BadData(&'static str),
 }
 
 impl core::fmt::Display for TestError {
@@ -265,7 +263,6 @@ impl core::fmt::Display for TestError {
                 write!(f, "nothing moved for {seconds} s {what}")
             }
             TestError::Stopped(what) => write!(f, "stopped {what}"),
-            TestError::BadData(what) => write!(f, "bad data: {what}"),
         }
     }
 }
