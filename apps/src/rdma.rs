@@ -250,6 +250,9 @@ pub enum TestError {
     Stopped(&'static str),
 }
 
+/// How a [`TestError::Timeout`] reads, up to its duration: `nothing moved for 60 s ...`.
+pub const STALLED: &str = "nothing moved";
+
 impl core::fmt::Display for TestError {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         match self {
@@ -260,7 +263,7 @@ impl core::fmt::Display for TestError {
                 write!(f, "a work request completed with {status:?}")
             }
             TestError::Timeout { what, seconds } => {
-                write!(f, "nothing moved for {seconds} s {what}")
+                write!(f, "{STALLED} for {seconds} s {what}")
             }
             TestError::Stopped(what) => write!(f, "stopped {what}"),
         }

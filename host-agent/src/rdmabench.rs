@@ -189,11 +189,19 @@ pub struct RdmaBenchReport {
     pub error: Option<String>,
 }
 
-/// The first failure of the server's and the client's logs, named by side.
+/// The failure of the server's or the client's log, named by side. When both failed, the one
+/// that did not just wait in vain is the cause (a side whose peer gave up stalls in turn);
+/// else the server's.
 fn first_failure(server: &[String], client: &[String]) -> Option<String> {
-    [("server", server), ("client", client)]
-        .into_iter()
-        .find_map(|(side, lines)| failure(lines).map(|why| format!("{side}: {why}")))
+    let failures = [("server", server), ("client", client)]
+        .map(|(side, lines)| failure(lines).map(|why| (side, why)));
+    let stalled = |why: &str| why.starts_with(apps::rdma::STALLED);
+    let cause = failures
+        .iter()
+        .flatten()
+        .find(|(_, why)| !stalled(why))
+        .or(failures.iter().flatten().next());
+    cause.map(|(side, why)| format!("{side}: {why}"))
 }
 
 impl RdmaBenchReport {
@@ -379,4 +387,42 @@ pub fn run_native(
         RdmaBenchReport::new("native", params, &client, &server, both_ok, error),
         logs,
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn log(lines: &[&str]) -> Vec<String> {
+        lines.iter().map(|line| (*line).to_owned()).collect()
+    }
+
+    #[test]
+    fn the_failure_named_is_the_cause_not_the_stall_it_left_behind() {
+        let waiting = log(&["rdma: write_bw server waiting on TCP port 18515"]);
+        let stalled = log(&[
+            "rdma: connected to QPN 0x000011 at 10.77.9.2",
+            "rdma: write_bw failed: nothing moved for 60 s waiting for the client",
+        ]);
+        let refused = log(&[
+            "rdma: a work request completed with RemAccessErr; 3 more completions",
+            "rdma: write_bw client failed: a work request completed with RemAccessErr",
+        ]);
+        assert_eq!(first_failure(&waiting, &waiting), None);
+        assert_eq!(
+            first_failure(&stalled, &refused).as_deref(),
+            Some("client: a work request completed with RemAccessErr")
+        );
+        assert_eq!(
+            first_failure(&stalled, &stalled).as_deref(),
+            Some("server: nothing moved for 60 s waiting for the client")
+        );
+        assert_eq!(
+            first_failure(&waiting, &stalled).as_deref(),
+            Some("client: nothing moved for 60 s waiting for the client")
+        );
+        // Lines that merely mention failing are not the application's verdict.
+        let other = log(&["net: connect failed: refused"]);
+        assert_eq!(first_failure(&other, &waiting), None);
+    }
 }
