@@ -324,6 +324,8 @@ fn write_slots(size: u32) -> u64 {
     (WORKING_SET / u64::from(size.max(1))).clamp(2, 16)
 }
 
+/// How often a test that runs long says how far it got.
+const PROGRESS_INTERVAL_NS: u64 = 10_000_000_000;
 /// Events [`Link::pump`] takes before it lets the engine transmit.
 const PUMP_BATCH: usize = 32;
 /// The server region's base address.
@@ -391,6 +393,11 @@ struct Link<'a, O: Os> {
     send_drops: u64,
     /// [`TestParams::stall_timeout`].
     stall_timeout: u16,
+    /// When the link was made, and when the next progress line is due.
+    started_ns: u64,
+    next_progress_ns: u64,
+    /// Work completions taken so far.
+    completions_taken: u64,
 }
 
 impl<O: Os> Link<'_, O> {
@@ -461,6 +468,20 @@ impl<O: Os> Link<'_, O> {
         counters.accepted_psns + counters.acknowledged_psns
     }
 
+    /// Logs how far the test got: a long run (a lossy path, an emulated guest) is seen to move.
+    fn progress(&mut self, what: &str, now: u64) {
+        let counters = *self.device.counters();
+        log!(
+            self.os,
+            "rdma: {} s, {what}: {} completions; PSNs {} acknowledged, {} taken; {} packets resent",
+            (now - self.started_ns) / 1_000_000_000,
+            self.completions_taken,
+            counters.acknowledged_psns,
+            counters.accepted_psns,
+            counters.retransmitted_packets
+        );
+    }
+
     /// Seconds a step may go without headway.
     fn stall_seconds(&self) -> u16 {
         match self.stall_timeout {
@@ -489,6 +510,10 @@ impl<O: Os> Link<'_, O> {
                 return Ok(());
             }
             let now = self.os.now_ns();
+            if now >= self.next_progress_ns {
+                self.next_progress_ns = now + PROGRESS_INTERVAL_NS;
+                self.progress(what, now);
+            }
             if self.headway() != headway {
                 headway = self.headway();
                 deadline = now + self.stall_ns();
@@ -601,6 +626,7 @@ impl<O: Os> Link<'_, O> {
             }
             out.len() >= count || failure.is_some()
         })?;
+        self.completions_taken += out.len() as u64;
         match failure {
             Some(status) => Err(TestError::Completion(status)),
             None => Ok(out),
@@ -806,6 +832,7 @@ pub fn run_test(
         post_recv(&mut device, &resources, wr_id, offset, len)?;
     }
     let transmit = vec![0u8; device.max_packet_len().max(4096 + 128)];
+    let now = os.now_ns();
     let mut link = Link {
         os,
         client,
@@ -814,6 +841,9 @@ pub fn run_test(
         exchange: Exchange::default(),
         send_drops: 0,
         stall_timeout: params.stall_timeout,
+        started_ns: now,
+        next_progress_ns: now + PROGRESS_INTERVAL_NS,
+        completions_taken: 0,
     };
     let own = Destination {
         lid: 0,
