@@ -12,15 +12,8 @@ use host_agent::rdmabench::{RdmaBenchParams, RdmaPath, run_vms};
 use roce::verbs::Mtu;
 use shm_ring::bootinfo::WorkloadKind;
 
-fn run(
-    test: Test,
-    size: u32,
-    iters: u32,
-    loss: f64,
-    capture: Option<&std::path::Path>,
-) -> host_agent::rdmabench::RdmaBenchReport {
-    let hello = workload(WorkloadKind::Hello, &[]);
-    let params = RdmaBenchParams {
+fn params(test: Test, size: u32, iters: u32, loss: f64) -> RdmaBenchParams {
+    RdmaBenchParams {
         test,
         size,
         iters,
@@ -30,7 +23,18 @@ fn run(
         retry_cnt: apps::rdma::DEFAULT_RETRY_CNT,
         stall_timeout: 0,
         path: RdmaPath::Switch,
-    };
+    }
+}
+
+fn run(
+    test: Test,
+    size: u32,
+    iters: u32,
+    loss: f64,
+    capture: Option<&std::path::Path>,
+) -> host_agent::rdmabench::RdmaBenchReport {
+    let hello = workload(WorkloadKind::Hello, &[]);
+    let params = params(test, size, iters, loss);
     let (report, runs) = run_vms(
         &config([hello, hello]),
         &params,
@@ -76,6 +80,35 @@ fn rdma_between_vms_survives_loss() {
     }
     let report = run(Test::SendBw, 4096, 20, 0.03, None);
     assert!(report.figures.retransmissions > 0, "{report:#?}");
+}
+
+#[test]
+fn a_stall_between_vms_fails_after_the_stall_timeout_and_says_why() {
+    if !kvm_available("a_stall_between_vms_fails_after_the_stall_timeout_and_says_why") {
+        return;
+    }
+    // Nothing gets through the switch: each OS A gives up after 3 s without headway (the
+    // timeout travels to the guest in its workload arguments) and its log says why.
+    let hello = workload(WorkloadKind::Hello, &[]);
+    let params = RdmaBenchParams {
+        stall_timeout: 3,
+        ..params(Test::WriteBw, 4096, 5, 0.999)
+    };
+    let started = std::time::Instant::now();
+    let (report, runs) = run_vms(
+        &config([hello, hello]),
+        &params,
+        Duration::from_secs(120),
+        None,
+    )
+    .unwrap();
+    assert!(!report.verified, "{report:#?}");
+    assert_eq!(
+        report.error.as_deref(),
+        Some("server: nothing moved for 3 s waiting for the client"),
+        "{report:#?}\n{runs:#?}"
+    );
+    assert!(started.elapsed() < Duration::from_secs(60), "{report:#?}");
 }
 
 #[test]

@@ -66,7 +66,7 @@ enum Command {
     /// JSON keys: test, mode, path, size, iters, mtu, qp_timeout, retry_cnt, loss, messages,
     /// bytes, seconds, gbit_per_sec, messages_per_sec, lat_p50_us, lat_p99_us,
     /// retransmissions, verified, error (why the run failed, or null). A step at which no PSN
-    /// moves for 60 s fails the run; a slow one on a lossy path does not.
+    /// moves for --stall-timeout seconds fails the run; a slow one on a lossy path does not.
     RdmaBench(RdmaBenchArgs),
     /// Measure UDP or TCP goodput and small-message round trips through OS B's network service.
     ///
