@@ -264,6 +264,7 @@ fn net_bench(
     )
     .unwrap();
     assert!(report.verified, "{report:?} {logs:?}");
+    assert_eq!(report.error, None);
     assert_eq!(report.messages, count, "{report:?}");
     assert!(
         report.received > 0 && report.received <= count,

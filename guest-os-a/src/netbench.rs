@@ -39,7 +39,7 @@ pub fn run(args: [u64; 6], peer: &Peer, os: &mut GuestOs, client: &mut NetClient
             }
         }
         Err(error) => {
-            println!("netbench: failed: {error:?}");
+            println!("netbench: failed: {error}");
             Outcome::Failed
         }
     }

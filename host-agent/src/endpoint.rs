@@ -43,12 +43,13 @@ pub fn published(run: &RunReport) -> TestReport {
     }
 }
 
-/// What the application of an endpoint said when its test failed (`rdma: <test> [<role>]
+/// What OS A's application `app` (`rdma`, `netbench`) said when it failed (`<app>: [...]
 /// failed: <why>`, logged by the OS A shell natively and in VMs), if it did.
-pub fn failure(lines: &[String]) -> Option<&str> {
+pub fn failure<'a>(lines: &'a [String], app: &str) -> Option<&'a str> {
     lines.iter().rev().find_map(|line| {
-        let (_, why) = line.split_once(" failed: ")?;
-        line.contains("rdma: ").then_some(why)
+        let (head, why) = line.split_once(" failed: ")?;
+        let (name, _) = head.split_once(':')?;
+        name.ends_with(app).then_some(why)
     })
 }
 
@@ -262,5 +263,38 @@ impl EndpointReport {
             verified: result.verified && result.messages == u64::from(params.iters),
             error,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::failure;
+
+    #[test]
+    fn an_applications_failure_line_is_found_and_nothing_else() {
+        let lines: Vec<String> = [
+            "net: connect failed: refused",
+            "netbench: failed: timed out waiting for a round trip",
+            "rdma: write_bw client failed: a work request completed with RemAccessErr",
+            "[a] rdma: read_lat failed: nothing moved for 60 s waiting for READ completions",
+            "rdma: 10 s, waiting for the client: 0 completions",
+        ]
+        .map(str::to_owned)
+        .to_vec();
+        assert_eq!(
+            failure(&lines, "rdma"),
+            Some("nothing moved for 60 s waiting for READ completions")
+        );
+        assert_eq!(
+            failure(&lines[..3], "rdma"),
+            Some("a work request completed with RemAccessErr")
+        );
+        assert_eq!(
+            failure(&lines, "netbench"),
+            Some("timed out waiting for a round trip")
+        );
+        assert_eq!(failure(&lines[..1], "rdma"), None);
+        assert_eq!(failure(&lines[..1], "net"), Some("refused"));
+        assert_eq!(failure(&[], "rdma"), None);
     }
 }

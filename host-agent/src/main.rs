@@ -84,7 +84,7 @@ enum Command {
     /// message bytes; UDP: the datagram's payload), messages (sent), received (intact),
     /// lost, window, credit_stalls, bytes, seconds, gbit_per_sec, packets_per_sec (UDP: datagrams received per second;
     /// TCP: goodput in full-sized 1460-byte segments per second), rtt_size, round_trips,
-    /// rtt_us_p50, rtt_us_p99, verified.
+    /// rtt_us_p50, rtt_us_p99, verified, error (why the run failed, or null).
     NetBench(NetBenchArgs),
     /// Run net-bench and rdma-bench side by side, and compare RDMA with the raw path.
     ///
@@ -815,6 +815,9 @@ fn print_net_report(report: &NetBenchReport) {
         report.rtt_us_p50,
         report.rtt_us_p99
     );
+    if let Some(error) = &report.error {
+        println!("net: failed, {error}");
+    }
 }
 
 fn net_bench(args: &NetBenchArgs) -> Result<bool> {
@@ -1072,7 +1075,7 @@ fn rdma(args: &RdmaArgs) -> Result<bool> {
                 eprintln!("  {line}");
             }
         }
-        let error = endpoint::failure(&native.lines).map(str::to_owned);
+        let error = endpoint::failure(&native.lines, "rdma").map(str::to_owned);
         (result, "native", error)
     } else {
         let images = args.vm.images()?;
@@ -1086,7 +1089,7 @@ fn rdma(args: &RdmaArgs) -> Result<bool> {
             args.vm.timeout(),
         )?;
         let a = run.os(Role::A);
-        let error = endpoint::failure(&a.serial_lines)
+        let error = endpoint::failure(&a.serial_lines, "rdma")
             .map(str::to_owned)
             .or_else(|| (!a.success).then(|| a.summary.clone()));
         if !a.success && !args.vm.json {

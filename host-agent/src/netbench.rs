@@ -34,6 +34,7 @@ use crate::cluster::{Member, run_group_until};
 use crate::devices::net_backend::NetBackend;
 use crate::devices::switch::{Switch, SwitchConfig};
 use crate::devices::tap::{Tap, TapError};
+use crate::endpoint::failure;
 use crate::native::{NativeApp, NativeError, NativeMember, spawn};
 use crate::vm::{RunReport, Vm, VmConfig, VmError};
 
@@ -116,6 +117,17 @@ pub struct NetBenchReport {
     /// Every message that arrived checked out (none twice); for TCP and round trips every
     /// message also arrived; both sides ended well.
     pub verified: bool,
+    /// Why the run failed (`client: ...` or `server: ...`), or `null`.
+    pub error: Option<String>,
+}
+
+/// Why the benchmark in `run`'s OS A failed, as it said, or how the VM ended if it did not
+/// end well and said nothing.
+fn run_failure(run: &RunReport) -> Option<String> {
+    let os = run.os(Role::A);
+    failure(&os.serial_lines, "netbench")
+        .map(str::to_owned)
+        .or_else(|| (!run.success()).then(|| os.summary.clone()))
 }
 
 impl NetBenchReport {
@@ -126,6 +138,7 @@ impl NetBenchReport {
         params: &NetBenchParams,
         measured: &PlanReport,
         ended_well: bool,
+        error: Option<String>,
     ) -> NetBenchReport {
         let goodput = measured.goodput.unwrap_or_default();
         let round_trips = measured.round_trips.unwrap_or_default();
@@ -160,6 +173,7 @@ impl NetBenchReport {
             rtt_us_p50: round_trips.p50_ns as f64 / 1000.0,
             rtt_us_p99: round_trips.p99_ns as f64 / 1000.0,
             verified: ended_well && complete && measured.verified(),
+            error,
         }
     }
 }
@@ -277,7 +291,11 @@ pub fn run_vms(
             let runs = run_group_until(members, &switch, timeout, &[1])?;
             let client = &runs[1];
             let measured = measured_in(client, params);
-            let report = NetBenchReport::new("vm", path, params, &measured, client.success());
+            let error = [("client", client), ("server", &runs[0])]
+                .into_iter()
+                .find_map(|(side, run)| run_failure(run).map(|why| format!("{side}: {why}")));
+            let report =
+                NetBenchReport::new("vm", path, params, &measured, client.success(), error);
             Ok((report, runs))
         }
         NetPath::Tap(tap) => {
@@ -293,7 +311,8 @@ pub fn run_vms(
             server.stop();
             let run = run?;
             let measured = measured_in(&run, params);
-            let report = NetBenchReport::new("vm", path, params, &measured, run.success());
+            let error = run_failure(&run);
+            let report = NetBenchReport::new("vm", path, params, &measured, run.success(), error);
             Ok((report, vec![run]))
         }
     }
@@ -329,7 +348,7 @@ pub fn run_native(
                 outcome
             }
             Err(error) => {
-                apps::log!(os, "netbench: failed: {error:?}");
+                apps::log!(os, "netbench: failed: {error}");
                 Outcome::Failed
             }
         })
@@ -384,7 +403,10 @@ pub fn run_native(
                 ended_well &= report.outcome == Outcome::Success;
                 logs.push(report.lines);
             }
-            Err(_) => ended_well = false,
+            Err(_) => {
+                ended_well = false;
+                logs.push(vec!["netbench: failed: its thread panicked".to_owned()]);
+            }
         }
         if let Some(server) = handles.last() {
             server.stop();
@@ -399,7 +421,13 @@ pub fn run_native(
         .ok()
         .and_then(|slot| *slot)
         .unwrap_or_default();
-    let report = NetBenchReport::new("native", path, params, &measured, ended_well);
+    // The client's log is the last (it was spawned last).
+    let error = logs
+        .iter()
+        .rev()
+        .zip(["client", "server"])
+        .find_map(|(lines, side)| failure(lines, "netbench").map(|why| format!("{side}: {why}")));
+    let report = NetBenchReport::new("native", path, params, &measured, ended_well, error);
     Ok((report, logs))
 }
 

@@ -194,7 +194,7 @@ pub struct RdmaBenchReport {
 /// else the server's.
 fn first_failure(server: &[String], client: &[String]) -> Option<String> {
     let failures = [("server", server), ("client", client)]
-        .map(|(side, lines)| failure(lines).map(|why| (side, why)));
+        .map(|(side, lines)| failure(lines, "rdma").map(|why| (side, why)));
     let stalled = |why: &str| why.starts_with(apps::rdma::STALLED);
     let cause = failures
         .iter()

@@ -184,6 +184,18 @@ pub enum BenchError {
     Timeout(&'static str),
 }
 
+impl core::fmt::Display for BenchError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            BenchError::BadParams(what) => write!(f, "bad parameters: {what}"),
+            BenchError::Net(error) => write!(f, "the network service refused: {error:?}"),
+            BenchError::Closed => write!(f, "the connection closed early"),
+            BenchError::BadAnswer(what) => write!(f, "the server's {what} was unreadable"),
+            BenchError::Timeout(what) => write!(f, "timed out {what}"),
+        }
+    }
+}
+
 impl From<ClientError> for BenchError {
     fn from(error: ClientError) -> Self {
         BenchError::Net(error)
