@@ -67,7 +67,7 @@ fn native_endpoints_exchange_tcp_and_udp_over_a_lossy_switch() {
 }
 
 /// What each endpoint's RDMA application returned, by endpoint.
-type Results = Vec<(u8, Result<apps::rdma::TestReport, apps::rdma::TestError>)>;
+type Results = Vec<(u8, Result<apps::rdma::TestReport, apps::rdma::TestFailure>)>;
 
 fn rdma_pair(
     test: apps::rdma::Test,
@@ -213,12 +213,18 @@ fn a_peer_that_goes_silent_fails_the_client_with_retry_exc_err_then_flushes() {
         let results = results.lock().unwrap();
         results.iter().find(|(i, _)| *i == index).unwrap().1
     };
+    let client_failure = result_of(2).unwrap_err();
     assert_eq!(
-        result_of(2),
-        Err(TestError::Completion(WcStatus::RetryExcErr)),
+        client_failure.error,
+        TestError::Completion(WcStatus::RetryExcErr),
         "{:?}",
         client.lines
     );
+    // What it had done by then: the WRITEs that completed, and the resends that failed.
+    let so_far = client_failure.so_far;
+    assert!(so_far.messages > 0 && !so_far.verified, "{so_far:?}");
+    assert_eq!(so_far.bytes, so_far.messages * 4096);
+    assert!(so_far.retransmissions >= 3, "{so_far:?}");
     let summary = client
         .lines
         .iter()
@@ -233,12 +239,16 @@ fn a_peer_that_goes_silent_fails_the_client_with_retry_exc_err_then_flushes() {
     // The server (unlimited retries, waiting for WRITEs that never come) ends when asked.
     server.stop();
     let server = server.join().unwrap();
-    let server_result = result_of(1);
+    let server_result = result_of(1).map_err(|failure| failure.error);
     assert!(
         matches!(server_result, Err(TestError::Stopped(_))),
         "{server_result:?} {:?}",
         server.lines
     );
+    // Its responder placed every WRITE the client saw complete, and perhaps more whose ACKs
+    // were lost.
+    let placed = result_of(1).unwrap_err().so_far.messages;
+    assert!(placed >= so_far.messages, "{placed} < {so_far:?}");
 }
 
 fn net_bench(

@@ -270,6 +270,37 @@ impl core::fmt::Display for TestError {
     }
 }
 
+/// A test that ended early: why, and what this side had done by then.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct TestFailure {
+    /// Why.
+    pub error: TestError,
+    /// Messages this side completed or carried out, their bytes, the time since the link
+    /// came up and the packets resent, all until the failure; never `verified`.
+    pub so_far: TestReport,
+}
+
+impl core::fmt::Display for TestFailure {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        self.error.fmt(f)
+    }
+}
+
+impl From<TestError> for TestFailure {
+    fn from(error: TestError) -> Self {
+        TestFailure {
+            error,
+            so_far: TestReport::default(),
+        }
+    }
+}
+
+impl From<roce::verbs::VerbsError> for TestFailure {
+    fn from(error: roce::verbs::VerbsError) -> Self {
+        TestError::Verbs(error).into()
+    }
+}
+
 impl From<roce::verbs::VerbsError> for TestError {
     fn from(error: roce::verbs::VerbsError) -> Self {
         TestError::Verbs(error)
@@ -396,8 +427,8 @@ struct Link<'a, O: Os> {
     /// When the link was made, and when the next progress line is due.
     started_ns: u64,
     next_progress_ns: u64,
-    /// Work completions taken so far.
-    completions_taken: u64,
+    /// Messages the test counted done so far (see [`Link::messages`]).
+    messages_done: u64,
 }
 
 impl<O: Os> Link<'_, O> {
@@ -468,14 +499,22 @@ impl<O: Os> Link<'_, O> {
         counters.accepted_psns + counters.acknowledged_psns
     }
 
+    /// Messages done so far: those the test counted, or (a server's, whose responder does the
+    /// work) those its responder carried out, whichever is more.
+    fn messages(&self) -> u64 {
+        let executed = self.device.counters().executed;
+        let carried_out = executed.sends + executed.writes + executed.reads + executed.atomics;
+        self.messages_done.max(carried_out)
+    }
+
     /// Logs how far the test got: a long run (a lossy path, an emulated guest) is seen to move.
     fn progress(&mut self, what: &str, now: u64) {
         let counters = *self.device.counters();
         log!(
             self.os,
-            "rdma: {} s, {what}: {} completions; PSNs {} acknowledged, {} taken; {} packets resent",
+            "rdma: {} s, {what}: {} messages; PSNs {} acknowledged, {} taken; {} packets resent",
             (now - self.started_ns) / 1_000_000_000,
-            self.completions_taken,
+            self.messages(),
             counters.acknowledged_psns,
             counters.accepted_psns,
             counters.retransmitted_packets
@@ -626,7 +665,6 @@ impl<O: Os> Link<'_, O> {
             }
             out.len() >= count || failure.is_some()
         })?;
-        self.completions_taken += out.len() as u64;
         match failure {
             Some(status) => Err(TestError::Completion(status)),
             None => Ok(out),
@@ -778,12 +816,12 @@ fn parse_memory_message(message: &[u8]) -> Option<(u32, u64)> {
     ))
 }
 
-/// Runs one side of a test.
+/// Runs one side of a test; a failure says why and what was done until then.
 pub fn run_test(
     os: &mut impl Os,
     client: &mut NetClient,
     params: &TestParams,
-) -> Result<TestReport, TestError> {
+) -> Result<TestReport, TestFailure> {
     let size = if params.test == Test::AtomicLat {
         8
     } else {
@@ -843,8 +881,20 @@ pub fn run_test(
         stall_timeout: params.stall_timeout,
         started_ns: now,
         next_progress_ns: now + PROGRESS_INTERVAL_NS,
-        completions_taken: 0,
+        messages_done: 0,
     };
+    let outcome = connect_and_run(&mut link, &resources, params, size);
+    finish(link, resources.cq, size, outcome)
+}
+
+/// Connects to the peer as the test's exchange says (rc_pingpong's or perftest's) and runs the
+/// test over the connected QP.
+fn connect_and_run<O: Os>(
+    link: &mut Link<'_, O>,
+    resources: &Resources,
+    params: &TestParams,
+    size: u32,
+) -> Result<TestReport, TestError> {
     let own = Destination {
         lid: 0,
         qpn: resources.qp.qp_num(),
@@ -853,13 +903,12 @@ pub fn run_test(
     };
 
     if params.handshake == Handshake::Perftest {
-        let outcome = match params.server {
-            Some(server) => perftest::run(&mut link, &resources, params, size, server),
+        return match params.server {
+            Some(server) => perftest::run(link, resources, params, size, server),
             None => Err(TestError::Exchange(
                 "with perftest's exchange duovm is the client only",
             )),
         };
-        return finish(link, resources.cq, outcome);
     }
 
     // The connection exchange, as rc_pingpong does it.
@@ -879,7 +928,7 @@ pub fn run_test(
             let _ = link.client.close(listener);
             link.exchange.listener = None;
             let remote = link.take_destination()?;
-            connect(&mut link.device, &resources, &remote, (params.mtu, params))?;
+            connect(&mut link.device, resources, &remote, (params.mtu, params))?;
             link.tcp_send_all(&own.to_message())?;
             if params.test.targets_server_memory() {
                 link.tcp_send_all(&memory_message(resources.rkey, resources.base))?;
@@ -911,7 +960,7 @@ pub fn run_test(
             } else {
                 None
             };
-            connect(&mut link.device, &resources, &remote, (params.mtu, params))?;
+            connect(&mut link.device, resources, &remote, (params.mtu, params))?;
             if params.test == Test::WriteLat {
                 link.tcp_send_all(&memory_message(resources.rkey, resources.base))?;
             }
@@ -928,34 +977,26 @@ pub fn run_test(
         let _ = link.client.tcp_close(handle);
     }
 
-    let outcome = match (params.server.is_some(), params.test) {
+    match (params.server.is_some(), params.test) {
         (is_client, Test::WriteLat) => {
             let memory = remote_memory.ok_or(TestError::Exchange("no peer memory"))?;
-            write_lat(&mut link, &resources, params, size, memory, is_client)
+            write_lat(link, resources, params, size, memory, is_client)
         }
-        (false, test) => serve(&mut link, &resources, params, size, test),
+        (false, test) => serve(link, resources, params, size, test),
         (true, Test::WriteBw) => {
             let memory = remote_memory.ok_or(TestError::Exchange("no server memory"))?;
-            write_bw(
-                &mut link,
-                &resources,
-                params,
-                size,
-                memory,
-                write_slots(size),
-            )
-            .and_then(|report| say_done(&mut link, &resources, Some(memory)).map(|()| report))
+            write_bw(link, resources, params, size, memory, write_slots(size))
+                .and_then(|report| say_done(link, resources, Some(memory)).map(|()| report))
         }
-        (true, Test::SendBw) => send_bw(&mut link, &resources, params, size)
-            .and_then(|report| say_done(&mut link, &resources, None).map(|()| report)),
+        (true, Test::SendBw) => send_bw(link, resources, params, size)
+            .and_then(|report| say_done(link, resources, None).map(|()| report)),
         (true, Test::ReadLat | Test::AtomicLat) => {
             let memory = remote_memory.ok_or(TestError::Exchange("no server memory"))?;
-            read_or_atomic_lat(&mut link, &resources, params, size, memory, Expect::Pattern)
-                .and_then(|report| say_done(&mut link, &resources, None).map(|()| report))
+            read_or_atomic_lat(link, resources, params, size, memory, Expect::Pattern)
+                .and_then(|report| say_done(link, resources, None).map(|()| report))
         }
-        (true, Test::Pingpong) => pingpong(&mut link, &resources, params, size, true),
-    };
-    finish(link, resources.cq, outcome)
+        (true, Test::Pingpong) => pingpong(link, resources, params, size, true),
+    }
 }
 
 /// Logs the engine's counters if the test failed, lets the last ACKs go out and completes the
@@ -963,8 +1004,9 @@ pub fn run_test(
 fn finish<O: Os>(
     mut link: Link<'_, O>,
     cq: CqHandle,
+    size: u32,
     outcome: Result<TestReport, TestError>,
-) -> Result<TestReport, TestError> {
+) -> Result<TestReport, TestFailure> {
     if let Err(TestError::Completion(status)) = &outcome {
         // A failed request moves the QP to ERR, which completes everything else outstanding
         // with WR_FLUSH_ERR: say what is left.
@@ -1005,7 +1047,22 @@ fn finish<O: Os>(
             stats.errors
         );
     }
-    let mut report = outcome?;
+    let mut report = match outcome {
+        Ok(report) => report,
+        Err(error) => {
+            let messages = link.messages();
+            return Err(TestFailure {
+                error,
+                so_far: TestReport {
+                    messages,
+                    bytes: messages * u64::from(size),
+                    elapsed_ns: link.os.now_ns() - link.started_ns,
+                    retransmissions: link.device.counters().retransmitted_packets,
+                    ..TestReport::default()
+                },
+            });
+        }
+    };
     // Let the last ACKs go out before this side goes away.
     let until = link.os.now_ns() + 100_000_000;
     while link.os.now_ns() < until {
@@ -1049,6 +1106,7 @@ fn serve<O: Os>(
         report.verified &= intact;
         next_message += 1;
         report.messages += 1;
+        link.messages_done = report.messages;
         report.bytes += u64::from(completion.byte_len);
         post_recv(
             &mut link.device,
@@ -1176,6 +1234,7 @@ fn stream<O: Os>(
             posted += 1;
         }
         completed += link.completions(resources.cq, 1, what)?.len() as u64;
+        link.messages_done = completed;
     }
     Ok(TestReport {
         messages: iters,
@@ -1273,6 +1332,7 @@ fn write_lat<O: Os>(
             verified &= wait_for_write(link, resources, len, count)?;
             samples.push((link.os.now_ns() - sent) / 2);
         }
+        link.messages_done = count;
     }
     let elapsed_ns = link.os.now_ns() - start;
     if !verified {
@@ -1347,6 +1407,7 @@ fn read_or_atomic_lat<O: Os>(
         post_send(&mut link.device, resources, index, operation, 0, size)?;
         link.completions(resources.cq, 1, "waiting for the response")?;
         samples.push(link.os.now_ns() - sent);
+        link.messages_done = index + 1;
         let mr = link.device.mr(resources.mr)?;
         let got = &mr.as_slice()[..size as usize];
         verified &= match (expect, params.test) {
@@ -1456,6 +1517,7 @@ fn pingpong<O: Os>(
             sent += 1;
             send_outstanding = false;
         }
+        link.messages_done = sent.min(received);
         // Send the next message once the last one completed and the peer's arrived.
         let may_send = if client {
             received >= sent

@@ -3,7 +3,7 @@
 
 use core::net::Ipv4Addr;
 
-use apps::rdma::{TestParams, run_test};
+use apps::rdma::{TestParams, TestReport, run_test};
 use apps::{NetClient, Outcome};
 use guest_rt::peer::Peer;
 use guest_rt::{Platform, println};
@@ -32,15 +32,7 @@ pub fn run(platform: &Platform, peer: &Peer, os: &mut GuestOs, client: &mut NetC
     );
     match run_test(os, client, &params) {
         Ok(result) => {
-            let own = &peer.own;
-            own.set_report(report::RDMA_MESSAGES, result.messages);
-            own.set_report(report::RDMA_BYTES, result.bytes);
-            own.set_report(report::RDMA_ELAPSED_NS, result.elapsed_ns);
-            own.set_report(report::RDMA_P50_NS, result.p50_ns);
-            own.set_report(report::RDMA_P99_NS, result.p99_ns);
-            own.set_report(report::RDMA_RETRANSMISSIONS, result.retransmissions);
-            own.set_report(report::RDMA_VERIFIED, u64::from(result.verified));
-            own.publish_report();
+            publish(peer, &result);
             println!(
                 "rdma: {} {role} done: {} messages, {} bytes in {} us, {} retransmissions, {}",
                 test.name(),
@@ -60,9 +52,24 @@ pub fn run(platform: &Platform, peer: &Peer, os: &mut GuestOs, client: &mut NetC
                 Outcome::Failed
             }
         }
-        Err(error) => {
-            println!("rdma: {} {role} failed: {error}", test.name());
+        Err(failure) => {
+            // What was done until then, for the host's report.
+            publish(peer, &failure.so_far);
+            println!("rdma: {} {role} failed: {failure}", test.name());
             Outcome::Failed
         }
     }
+}
+
+/// Publishes `result` in OS A's report slots.
+fn publish(peer: &Peer, result: &TestReport) {
+    let own = &peer.own;
+    own.set_report(report::RDMA_MESSAGES, result.messages);
+    own.set_report(report::RDMA_BYTES, result.bytes);
+    own.set_report(report::RDMA_ELAPSED_NS, result.elapsed_ns);
+    own.set_report(report::RDMA_P50_NS, result.p50_ns);
+    own.set_report(report::RDMA_P99_NS, result.p99_ns);
+    own.set_report(report::RDMA_RETRANSMISSIONS, result.retransmissions);
+    own.set_report(report::RDMA_VERIFIED, u64::from(result.verified));
+    own.publish_report();
 }

@@ -102,7 +102,8 @@ pub fn run_vm(
     Ok((published(&run), run))
 }
 
-/// Where a native endpoint leaves its test's report (`None` until it ends well).
+/// Where a native endpoint leaves its test's report, or what it had done when it failed
+/// (`None` until the test ends).
 pub type ReportSlot = Arc<Mutex<Option<TestReport>>>;
 
 /// A native endpoint that runs one side of `params` (its local address is `identity`'s) on
@@ -129,8 +130,11 @@ pub fn native_member(
             }
             outcome
         }
-        Err(error) => {
-            apps::log!(os, "rdma: {} failed: {error}", params.test.name());
+        Err(failure) => {
+            apps::log!(os, "rdma: {} failed: {failure}", params.test.name());
+            if let Ok(mut slot) = slot.lock() {
+                *slot = Some(failure.so_far);
+            }
             Outcome::Failed
         }
     });
@@ -149,7 +153,8 @@ pub fn native_member(
 
 /// Runs one side of a test natively (OS A's and OS B's engines as host threads) on `backend`.
 ///
-/// Returns the test's report (`None` if it failed; the log says why) and the endpoint's.
+/// Returns the test's report (what it had done, if it failed: the log says why; `None` if it
+/// never ran) and the endpoint's.
 pub fn run_native(
     params: &TestParams,
     identity: Identity,
@@ -234,8 +239,8 @@ pub struct EndpointReport {
 }
 
 impl EndpointReport {
-    /// The report of `params` run in `mode`; `result` is `None` if the test failed, and
-    /// `error` says why.
+    /// The report of `params` run in `mode`; `result` is what the test did (`None` if it did
+    /// not run), `error` why it failed, if it did.
     pub fn new(
         params: &TestParams,
         mode: &'static str,

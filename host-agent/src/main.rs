@@ -700,9 +700,9 @@ fn print_rdma_report(report: &RdmaBenchReport) {
             "NOT verified"
         }
     );
-    match &report.error {
-        Some(error) => println!("rdma: failed, {error}"),
-        None => print_figures(&report.figures),
+    print_figures(&report.figures);
+    if let Some(error) = &report.error {
+        println!("rdma: failed, {error}");
     }
 }
 
@@ -1070,12 +1070,12 @@ fn rdma(args: &RdmaArgs) -> Result<bool> {
             None => Box::new(tap),
         };
         let (result, native) = endpoint::run_native(&params, identity, backend, echo)?;
-        if result.is_none() && !echo {
+        let error = endpoint::failure(&native.lines, "rdma").map(str::to_owned);
+        if (error.is_some() || result.is_none()) && !echo {
             for line in native.lines.iter().rev().take(8).rev() {
                 eprintln!("  {line}");
             }
         }
-        let error = endpoint::failure(&native.lines, "rdma").map(str::to_owned);
         (result, "native", error)
     } else {
         let images = args.vm.images()?;
@@ -1095,7 +1095,7 @@ fn rdma(args: &RdmaArgs) -> Result<bool> {
         if !a.success && !args.vm.json {
             print_failure_logs(std::slice::from_ref(&run));
         }
-        (a.success.then_some(result), "vm", error)
+        (Some(result), "vm", error)
     };
     let report = EndpointReport::new(&params, mode, result.as_ref(), error);
     if args.vm.json {
@@ -1118,10 +1118,11 @@ fn rdma(args: &RdmaArgs) -> Result<bool> {
                 "FAILED"
             }
         );
-        match &report.error {
-            Some(error) => println!("rdma: failed, {error}"),
-            None if result.is_some() => print_figures(&report.figures),
-            None => {}
+        if result.is_some() {
+            print_figures(&report.figures);
+        }
+        if let Some(error) = &report.error {
+            println!("rdma: failed, {error}");
         }
     }
     Ok(report.verified)
