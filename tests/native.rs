@@ -481,6 +481,30 @@ fn a_step_may_outlast_the_stall_timeout_while_psns_move_and_a_stall_fails_clearl
     assert!(started.elapsed() < std::time::Duration::from_secs(20));
 }
 
+#[test]
+fn rdma_survives_heavy_loss_natively() {
+    use host_agent::rdmabench::{RdmaBenchParams, RdmaPath, run_native};
+    // 15% of frames lost each way: the connection exchange over TCP and most messages are
+    // resent in part, NAKs and ACKs are lost too, and every message still arrives once,
+    // intact, in order (the server checks each SEND's pattern and count).
+    let params = RdmaBenchParams {
+        test: apps::rdma::Test::SendBw,
+        size: 4096,
+        iters: 300,
+        loss: 0.15,
+        mtu: roce::verbs::Mtu::Mtu1024,
+        qp_timeout: None,
+        retry_cnt: apps::rdma::DEFAULT_RETRY_CNT,
+        stall_timeout: 0,
+        path: RdmaPath::Switch,
+    };
+    let (report, logs) = run_native(&params, std::time::Duration::from_millis(1), false).unwrap();
+    assert!(report.verified, "{report:#?} {logs:?}");
+    assert_eq!(report.error, None);
+    assert_eq!(report.figures.messages, 300);
+    assert!(report.figures.retransmissions > 100, "{report:#?}");
+}
+
 /// One RC endpoint whose packets cross the built-in switch: a verbs device and its port.
 struct SwitchedQp {
     device: roce::verbs::Device,
