@@ -503,7 +503,10 @@ impl<O: Os> Link<'_, O> {
     /// work) those its responder carried out, whichever is more.
     fn messages(&self) -> u64 {
         let executed = self.device.counters().executed;
-        let carried_out = executed.sends + executed.writes + executed.reads + executed.atomics;
+        // Counts a peer drives: added without overflow, however many it sent.
+        let carried_out = [executed.writes, executed.reads, executed.atomics]
+            .into_iter()
+            .fold(executed.sends, u64::saturating_add);
         self.messages_done.max(carried_out)
     }
 
@@ -513,7 +516,7 @@ impl<O: Os> Link<'_, O> {
         log!(
             self.os,
             "rdma: {} s, {what}: {} messages; PSNs {} acknowledged, {} taken; {} packets resent",
-            (now - self.started_ns) / 1_000_000_000,
+            now.saturating_sub(self.started_ns) / 1_000_000_000,
             self.messages(),
             counters.acknowledged_psns,
             counters.accepted_psns,
@@ -1055,8 +1058,8 @@ fn finish<O: Os>(
                 error,
                 so_far: TestReport {
                     messages,
-                    bytes: messages * u64::from(size),
-                    elapsed_ns: link.os.now_ns() - link.started_ns,
+                    bytes: messages.saturating_mul(u64::from(size)),
+                    elapsed_ns: link.os.now_ns().saturating_sub(link.started_ns),
                     retransmissions: link.device.counters().retransmitted_packets,
                     ..TestReport::default()
                 },

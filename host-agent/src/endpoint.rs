@@ -53,6 +53,15 @@ pub fn failure<'a>(lines: &'a [String], app: &str) -> Option<&'a str> {
     })
 }
 
+/// Why OS A's application `app` failed in `run`, as it said ([`failure`]), or how the VM
+/// ended if it did not end well and OS A said nothing.
+pub fn vm_failure(run: &RunReport, app: &str) -> Option<String> {
+    let os = run.os(Role::A);
+    failure(&os.serial_lines, app)
+        .map(str::to_owned)
+        .or_else(|| (!run.success()).then(|| os.summary.clone()))
+}
+
 /// The network identity of an endpoint.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Identity {

@@ -24,7 +24,7 @@ use host_agent::vm::{RunReport, Vm, VmConfig};
 use host_agent::{exitbench, images};
 use roce::verbs::Mtu;
 use shm_ring::bootinfo::{NetConfig, Workload, WorkloadKind};
-use shm_ring::layout::{MemoryMap, Role};
+use shm_ring::layout::MemoryMap;
 use shm_ring::shared::SharedConfig;
 
 /// duovm's host agent: runs two bare-metal OSes in one KVM virtual machine.
@@ -1088,11 +1088,8 @@ fn rdma(args: &RdmaArgs) -> Result<bool> {
             capture,
             args.vm.timeout(),
         )?;
-        let a = run.os(Role::A);
-        let error = endpoint::failure(&a.serial_lines, "rdma")
-            .map(str::to_owned)
-            .or_else(|| (!a.success).then(|| a.summary.clone()));
-        if !a.success && !args.vm.json {
+        let error = endpoint::vm_failure(&run, "rdma");
+        if error.is_some() && !args.vm.json {
             print_failure_logs(std::slice::from_ref(&run));
         }
         (Some(result), "vm", error)

@@ -34,7 +34,7 @@ use crate::cluster::{Member, run_group_until};
 use crate::devices::net_backend::NetBackend;
 use crate::devices::switch::{Switch, SwitchConfig};
 use crate::devices::tap::{Tap, TapError};
-use crate::endpoint::failure;
+use crate::endpoint::{failure, vm_failure};
 use crate::native::{NativeApp, NativeError, NativeMember, spawn};
 use crate::vm::{RunReport, Vm, VmConfig, VmError};
 
@@ -119,15 +119,6 @@ pub struct NetBenchReport {
     pub verified: bool,
     /// Why the run failed (`client: ...` or `server: ...`), or `null`.
     pub error: Option<String>,
-}
-
-/// Why the benchmark in `run`'s OS A failed, as it said, or how the VM ended if it did not
-/// end well and said nothing.
-fn run_failure(run: &RunReport) -> Option<String> {
-    let os = run.os(Role::A);
-    failure(&os.serial_lines, "netbench")
-        .map(str::to_owned)
-        .or_else(|| (!run.success()).then(|| os.summary.clone()))
 }
 
 impl NetBenchReport {
@@ -293,7 +284,9 @@ pub fn run_vms(
             let measured = measured_in(client, params);
             let error = [("client", client), ("server", &runs[0])]
                 .into_iter()
-                .find_map(|(side, run)| run_failure(run).map(|why| format!("{side}: {why}")));
+                .find_map(|(side, run)| {
+                    vm_failure(run, "netbench").map(|why| format!("{side}: {why}"))
+                });
             let report =
                 NetBenchReport::new("vm", path, params, &measured, client.success(), error);
             Ok((report, runs))
@@ -311,7 +304,7 @@ pub fn run_vms(
             server.stop();
             let run = run?;
             let measured = measured_in(&run, params);
-            let error = run_failure(&run);
+            let error = vm_failure(&run, "netbench");
             let report = NetBenchReport::new("vm", path, params, &measured, run.success(), error);
             Ok((report, vec![run]))
         }

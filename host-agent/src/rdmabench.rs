@@ -25,7 +25,9 @@ use crate::devices::net_backend::NetBackend;
 use crate::devices::netif::{Bridge, BridgeError};
 use crate::devices::switch::{FaultConfig, Switch, SwitchConfig};
 use crate::devices::tap::{Tap, TapError};
-use crate::endpoint::{Figures, Identity, ReportSlot, failure, native_member, published, workload};
+use crate::endpoint::{
+    Figures, Identity, ReportSlot, failure, native_member, published, vm_failure, workload,
+};
 use crate::native::{NativeError, spawn};
 use crate::vm::{RunReport, VmConfig, VmError};
 
@@ -189,12 +191,12 @@ pub struct RdmaBenchReport {
     pub error: Option<String>,
 }
 
-/// The failure of the server's or the client's log, named by side. When both failed, the one
-/// that did not just wait in vain is the cause (a side whose peer gave up stalls in turn);
-/// else the server's.
-fn first_failure(server: &[String], client: &[String]) -> Option<String> {
-    let failures = [("server", server), ("client", client)]
-        .map(|(side, lines)| failure(lines, "rdma").map(|why| (side, why)));
+/// The failure of the server or the client, named by side. When both failed, the one that
+/// did not just wait in vain is the cause (a side whose peer gave up stalls in turn); else the
+/// server's.
+fn first_failure(server: Option<String>, client: Option<String>) -> Option<String> {
+    let failures =
+        [("server", server), ("client", client)].map(|(side, why)| why.map(|why| (side, why)));
     let stalled = |why: &str| why.starts_with(apps::rdma::STALLED);
     let cause = failures
         .iter()
@@ -314,13 +316,7 @@ pub fn run_vms(
     drop(link);
     let side = published;
     let both_ok = runs.iter().all(|run| run.os(Role::A).success);
-    let lines = |run: &RunReport| run.os(Role::A).serial_lines.clone();
-    let error = first_failure(&lines(&runs[0]), &lines(&runs[1])).or_else(|| {
-        (!both_ok).then(|| {
-            let run = runs.iter().find(|run| !run.os(Role::A).success);
-            run.map_or_else(String::new, |run| run.os(Role::A).summary.clone())
-        })
-    });
+    let error = first_failure(vm_failure(&runs[0], "rdma"), vm_failure(&runs[1], "rdma"));
     let report = RdmaBenchReport::new(
         "vm",
         params,
@@ -380,7 +376,10 @@ pub fn run_native(
     let report = |slot: &ReportSlot| slot.lock().ok().and_then(|slot| *slot).unwrap_or_default();
     let (server, client) = (report(&slots[0]), report(&slots[1]));
     let error = match logs.as_slice() {
-        [server_lines, client_lines] => first_failure(server_lines, client_lines),
+        [server, client] => {
+            let said = |lines: &[String]| failure(lines, "rdma").map(str::to_owned);
+            first_failure(said(server), said(client))
+        }
         _ => None,
     };
     Ok((
@@ -397,6 +396,12 @@ mod tests {
         lines.iter().map(|line| (*line).to_owned()).collect()
     }
 
+    /// The cause, from each side's log.
+    fn cause(server: &[String], client: &[String]) -> Option<String> {
+        let said = |lines: &[String]| failure(lines, "rdma").map(str::to_owned);
+        first_failure(said(server), said(client))
+    }
+
     #[test]
     fn the_failure_named_is_the_cause_not_the_stall_it_left_behind() {
         let waiting = log(&["rdma: write_bw server waiting on TCP port 18515"]);
@@ -408,21 +413,21 @@ mod tests {
             "rdma: a work request completed with RemAccessErr; 3 more completions",
             "rdma: write_bw client failed: a work request completed with RemAccessErr",
         ]);
-        assert_eq!(first_failure(&waiting, &waiting), None);
+        assert_eq!(cause(&waiting, &waiting), None);
         assert_eq!(
-            first_failure(&stalled, &refused).as_deref(),
+            cause(&stalled, &refused).as_deref(),
             Some("client: a work request completed with RemAccessErr")
         );
         assert_eq!(
-            first_failure(&stalled, &stalled).as_deref(),
+            cause(&stalled, &stalled).as_deref(),
             Some("server: nothing moved for 60 s waiting for the client")
         );
         assert_eq!(
-            first_failure(&waiting, &stalled).as_deref(),
+            cause(&waiting, &stalled).as_deref(),
             Some("client: nothing moved for 60 s waiting for the client")
         );
         // Lines that merely mention failing are not the application's verdict.
         let other = log(&["net: connect failed: refused"]);
-        assert_eq!(first_failure(&other, &waiting), None);
+        assert_eq!(cause(&other, &waiting), None);
     }
 }
