@@ -216,7 +216,10 @@ impl RdmaBenchReport {
         error: Option<String>,
     ) -> Self {
         let mut figures = Figures::of(client);
-        figures.retransmissions += server.retransmissions;
+        // What the guests published: any value, so added without overflow.
+        figures.retransmissions = figures
+            .retransmissions
+            .saturating_add(server.retransmissions);
         RdmaBenchReport {
             test: params.test.name(),
             mode,
@@ -400,6 +403,35 @@ mod tests {
     fn cause(server: &[String], client: &[String]) -> Option<String> {
         let said = |lines: &[String]| failure(lines, "rdma").map(str::to_owned);
         first_failure(said(server), said(client))
+    }
+
+    #[test]
+    fn figures_a_guest_published_add_up_without_overflow() {
+        let params = RdmaBenchParams {
+            test: Test::WriteBw,
+            size: 4096,
+            iters: 10,
+            loss: 0.0,
+            mtu: Mtu::Mtu1024,
+            qp_timeout: None,
+            retry_cnt: apps::rdma::DEFAULT_RETRY_CNT,
+            stall_timeout: 0,
+            path: RdmaPath::Switch,
+        };
+        let hostile = TestReport {
+            messages: u64::MAX,
+            bytes: u64::MAX,
+            retransmissions: u64::MAX,
+            verified: true,
+            ..TestReport::default()
+        };
+        let report = RdmaBenchReport::new("vm", &params, &hostile, &hostile, true, None);
+        assert_eq!(report.figures.retransmissions, u64::MAX);
+        assert!(
+            !report.verified,
+            "{} messages are not the 10 asked for",
+            u64::MAX
+        );
     }
 
     #[test]
