@@ -482,6 +482,47 @@ fn a_step_may_outlast_the_stall_timeout_while_psns_move_and_a_stall_fails_clearl
 }
 
 #[test]
+fn an_endpoint_whose_application_fails_closes_its_connections_and_its_peer_fails_at_once() {
+    use apps::rdma::Test;
+    use host_agent::rdmabench::{RdmaBenchParams, RdmaPath, run_native};
+    // A path MTU the 1500-byte link cannot carry (the command line refuses it; the library
+    // lets it through): the server fails as it connects its QP, before it answers the
+    // client's connection message. Its OS B then closes the exchange connection, as a
+    // kernel closes an exiting process's sockets, so the client learns of it at once rather
+    // than after the stall timeout (60 s).
+    let params = RdmaBenchParams {
+        test: Test::WriteBw,
+        size: 4096,
+        iters: 10,
+        loss: 0.0,
+        mtu: roce::verbs::Mtu::Mtu2048,
+        qp_timeout: None,
+        retry_cnt: apps::rdma::DEFAULT_RETRY_CNT,
+        stall_timeout: 0,
+        path: RdmaPath::Switch,
+    };
+    let started = std::time::Instant::now();
+    let (report, logs) = run_native(&params, std::time::Duration::from_millis(1), false).unwrap();
+    assert!(!report.verified);
+    let error = report.error.unwrap_or_default();
+    assert_eq!(
+        error,
+        "server: path MTU 2048 is larger than the link carries (the port's active MTU is 1024)",
+        "{logs:?}"
+    );
+    let client_failed = logs
+        .iter()
+        .flatten()
+        .any(|line| line.contains("failed: connection exchange: the peer closed the connection"));
+    assert!(client_failed, "{logs:?}");
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(10),
+        "took {:?}",
+        started.elapsed()
+    );
+}
+
+#[test]
 fn rdma_survives_heavy_loss_natively() {
     use host_agent::rdmabench::{RdmaBenchParams, RdmaPath, run_native};
     // 15% of frames lost each way: the connection exchange over TCP and most messages are

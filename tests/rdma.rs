@@ -112,6 +112,60 @@ fn a_stall_between_vms_fails_after_the_stall_timeout_and_says_why() {
 }
 
 #[test]
+fn a_vm_whose_application_fails_closes_its_connections_and_its_peer_fails_at_once() {
+    if !kvm_available(
+        "a_vm_whose_application_fails_closes_its_connections_and_its_peer_fails_at_once",
+    ) {
+        return;
+    }
+    // The server's OS A fails as it connects its QP (a path MTU the link cannot carry),
+    // before it answers the client's connection message. Its OS B closes the exchange
+    // connection as it winds down, so the client's OS A learns of it at once, not after the
+    // stall timeout (60 s).
+    let hello = workload(WorkloadKind::Hello, &[]);
+    let params = RdmaBenchParams {
+        mtu: Mtu::Mtu2048,
+        ..params(Test::WriteBw, 4096, 5, 0.0)
+    };
+    let started = std::time::Instant::now();
+    let (report, runs) = run_vms(
+        &config([hello, hello]),
+        &params,
+        Duration::from_secs(120),
+        None,
+    )
+    .unwrap();
+    assert!(!report.verified, "{report:#?}");
+    assert_eq!(
+        report.error.as_deref(),
+        Some(
+            "server: path MTU 2048 is larger than the link carries (the port's active MTU is 1024)"
+        ),
+        "{report:#?}\n{runs:#?}"
+    );
+    let lines = || {
+        runs.iter()
+            .flat_map(|run| &run.oses)
+            .flat_map(|os| &os.serial_lines)
+    };
+    assert!(
+        lines().any(|line| line.starts_with("net: OS A's connections closed: 1 with a FIN")),
+        "{runs:#?}"
+    );
+    assert!(
+        lines().any(
+            |line| line.contains("failed: connection exchange: the peer closed the connection")
+        ),
+        "{runs:#?}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(45),
+        "took {:?}",
+        started.elapsed()
+    );
+}
+
+#[test]
 fn captured_rdma_traffic_decodes_as_roce_in_tshark() {
     if !kvm_available("captured_rdma_traffic_decodes_as_roce_in_tshark") {
         return;

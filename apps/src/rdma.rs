@@ -248,6 +248,13 @@ pub enum TestError {
     },
     /// The platform asked the application to end ([`Os::should_stop`]) while it waited.
     Stopped(&'static str),
+    /// The test's path MTU is larger than the port's active MTU, the largest the link carries.
+    Mtu {
+        /// The test's path MTU, in bytes.
+        path: u32,
+        /// The port's active MTU, in bytes.
+        active: u32,
+    },
 }
 
 /// How a [`TestError::Timeout`] reads, up to its duration: `nothing moved for 60 s ...`.
@@ -266,6 +273,10 @@ impl core::fmt::Display for TestError {
                 write!(f, "{STALLED} for {seconds} s {what}")
             }
             TestError::Stopped(what) => write!(f, "stopped {what}"),
+            TestError::Mtu { path, active } => write!(
+                f,
+                "path MTU {path} is larger than the link carries (the port's active MTU is {active})"
+            ),
         }
     }
 }
@@ -315,6 +326,9 @@ impl From<netsvc::ClientError> for TestError {
 
 /// Immediate data of the client's final "done" SEND.
 const DONE_IMM: u32 = u32::from_be_bytes(*b"DONE");
+/// What each side sends on the exchange connection when its part of a test is complete
+/// ([`Link::end_barrier`]).
+const END_MESSAGE: &[u8] = b"end\0";
 /// Work requests in flight in bandwidth tests (at most).
 const TX_DEPTH: usize = 64;
 /// Bytes of the `write_bw` server's slots, about.
@@ -429,6 +443,8 @@ struct Link<'a, O: Os> {
     next_progress_ns: u64,
     /// Messages the test counted done so far (see [`Link::messages`]).
     messages_done: u64,
+    /// The peer said it finished ([`Link::end_barrier`]): it needs nothing more of this side.
+    peer_finished: bool,
 }
 
 impl<O: Os> Link<'_, O> {
@@ -610,8 +626,34 @@ impl<O: Os> Link<'_, O> {
             if let Ok(count) = link.client.tcp_send(handle, &data[sent..]) {
                 sent += count;
             }
-            sent == data.len()
-        })
+            sent == data.len() || link.exchange.closed
+        })?;
+        if sent < data.len() {
+            return Err(TestError::Exchange("the peer closed the connection early"));
+        }
+        Ok(())
+    }
+
+    /// The end of a test, as perftest ends its tests: each side says on the exchange
+    /// connection that it is done ([`END_MESSAGE`]) once its own work has completed, and waits
+    /// for the peer to say so, answering the peer's resent requests meanwhile. Without it, a
+    /// side that left at once could leave its peer without the acknowledgement of its last
+    /// request (lost on the way), resending it to nobody until it failed. A peer that closes
+    /// the connection instead (`ibv_rc_pingpong` closes it after the exchange) ends the wait.
+    fn end_barrier(&mut self) -> Result<(), TestError> {
+        let Some(handle) = self.exchange.handle else {
+            return Ok(());
+        };
+        if !self.exchange.closed {
+            self.tcp_send_all(END_MESSAGE)?;
+        }
+        self.until("waiting for the peer to finish", |link| {
+            link.exchange.inbox.len() >= END_MESSAGE.len() || link.exchange.closed
+        })?;
+        self.peer_finished = self.exchange.inbox.starts_with(END_MESSAGE);
+        let _ = self.client.tcp_close(handle);
+        self.exchange.handle = None;
+        Ok(())
     }
 
     /// Takes `len` bytes from the exchange connection.
@@ -720,6 +762,13 @@ fn connect(
     remote: &Destination,
     (mtu, params): (Mtu, &TestParams),
 ) -> Result<(), TestError> {
+    let active = device.query_port(1)?.active_mtu;
+    if mtu > active {
+        return Err(TestError::Mtu {
+            path: mtu.bytes(),
+            active: active.bytes(),
+        });
+    }
     let (rtr, mask) = remote.rtr_attr(mtu);
     device.modify_qp(resources.qp, &rtr, mask)?;
     let (mut rts, mask) = oob::rts_attr(resources.psn);
@@ -885,6 +934,7 @@ pub fn run_test(
         started_ns: now,
         next_progress_ns: now + PROGRESS_INTERVAL_NS,
         messages_done: 0,
+        peer_finished: false,
     };
     let outcome = connect_and_run(&mut link, &resources, params, size);
     finish(link, resources.cq, size, outcome)
@@ -976,11 +1026,9 @@ fn connect_and_run<O: Os>(
             memory
         }
     };
-    if let Some(handle) = link.exchange.handle {
-        let _ = link.client.tcp_close(handle);
-    }
-
-    match (params.server.is_some(), params.test) {
+    // rdma-core's `ibv_rc_pingpong` closes the exchange connection here; duovm keeps it for
+    // the end of the test (`Link::end_barrier`), as perftest does.
+    let report = match (params.server.is_some(), params.test) {
         (is_client, Test::WriteLat) => {
             let memory = remote_memory.ok_or(TestError::Exchange("no peer memory"))?;
             write_lat(link, resources, params, size, memory, is_client)
@@ -999,7 +1047,9 @@ fn connect_and_run<O: Os>(
                 .and_then(|report| say_done(link, resources, None).map(|()| report))
         }
         (true, Test::Pingpong) => pingpong(link, resources, params, size, true),
-    }
+    }?;
+    link.end_barrier()?;
+    Ok(report)
 }
 
 /// Logs the engine's counters if the test failed, lets the last ACKs go out and completes the
@@ -1066,8 +1116,9 @@ fn finish<O: Os>(
             });
         }
     };
-    // Let the last ACKs go out before this side goes away.
-    let until = link.os.now_ns() + 100_000_000;
+    // A peer that did not say it finished may still want an acknowledgement resent: answer it
+    // for a while before this side goes away.
+    let until = link.os.now_ns() + if link.peer_finished { 0 } else { 100_000_000 };
     while link.os.now_ns() < until {
         if !link.pump() {
             link.idle();

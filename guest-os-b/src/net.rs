@@ -8,7 +8,8 @@ use core::net::Ipv4Addr;
 use guest_rt::exit::Status;
 use guest_rt::peer::Peer;
 use guest_rt::{Platform, println};
-use netsvc::{NetConfig, NetService, NicFull};
+use netsvc::service::LINGER_NS;
+use netsvc::{NetConfig, NetService, NicFull, WindDown};
 use shm_ring::control::{OsState, report};
 use shm_ring::layout::{NET_VECTOR, RING_VECTOR, TIMER_VECTOR};
 use shm_ring::pool::{PoolOwner, owner_storage_words};
@@ -113,6 +114,30 @@ pub fn serve(platform: &Platform, peer: &Peer) -> Status {
         }
         endpoint.rx.woke_up();
         endpoint.tx_return.woke_up();
+    }
+    // OS A has ended: its connections close as a process's do when it exits, so that peers
+    // learn of it now rather than when their timeouts run out.
+    let closed = service.wind_down(
+        &mut endpoint,
+        &mut pool,
+        guest_rt::time::now_ns,
+        |deadline| {
+            let token = wake_count();
+            let now = guest_rt::time::now_ns();
+            let deadline = deadline.min(now + 10_000_000);
+            guest_rt::wait_until(deadline.saturating_sub(now).max(1_000), || {
+                wake_count() != token || guest_rt::time::now_ns() >= deadline
+            });
+        },
+    );
+    if closed != WindDown::default() {
+        println!(
+            "net: OS A's connections closed: {} with a FIN, {} reset (unread data), {} reset after {} s",
+            closed.closed,
+            closed.reset,
+            closed.timed_out,
+            LINGER_NS / 1_000_000_000
+        );
     }
     let stats = service.stats();
     peer.own.set_report(report::DESCRIPTORS, stats.requests);

@@ -434,7 +434,7 @@ struct RdmaArgs {
     /// TCP port of the connection exchange.
     #[arg(long, default_value_t = roce::oob::DEFAULT_PORT)]
     port: u16,
-    /// Path MTU (256, 512, 1024, 2048 or 4096; 1024 fits a 1500-byte link).
+    /// Path MTU (256, 512, 1024, 2048 or 4096; at most 1024 on the 1500-byte link).
     #[arg(long, default_value_t = 1024)]
     mtu: u32,
     #[command(flatten)]
@@ -751,9 +751,24 @@ fn print_failure_logs(runs: &[RunReport]) {
     }
 }
 
-fn rdma_bench(args: &RdmaBenchArgs) -> Result<bool> {
-    let mtu = Mtu::from_bytes(args.mtu)
+/// `--mtu`: a path MTU whose packets the link carries.
+fn path_mtu(bytes: u32) -> Result<Mtu> {
+    let mtu = Mtu::from_bytes(bytes)
         .ok_or_else(|| anyhow::anyhow!("--mtu must be 256, 512, 1024, 2048 or 4096"))?;
+    let link = netsvc::config::LINK_MTU as u32;
+    let largest = Mtu::for_link_mtu(link).unwrap_or(Mtu::Mtu256);
+    if mtu > largest {
+        anyhow::bail!(
+            "--mtu {bytes} does not fit the {link}-byte link (a RoCE packet adds up to 72 bytes \
+             of headers to its payload); at most {}",
+            largest.bytes()
+        );
+    }
+    Ok(mtu)
+}
+
+fn rdma_bench(args: &RdmaBenchArgs) -> Result<bool> {
+    let mtu = path_mtu(args.mtu)?;
     if !(0.0..1.0).contains(&args.loss) || args.iters == 0 || args.size == 0 {
         anyhow::bail!("--loss must be in [0, 1), --iters and --size at least 1");
     }
@@ -1014,8 +1029,7 @@ fn bench_suite(args: &BenchSuiteArgs) -> Result<bool> {
 }
 
 fn rdma(args: &RdmaArgs) -> Result<bool> {
-    let mtu = Mtu::from_bytes(args.mtu)
-        .ok_or_else(|| anyhow::anyhow!("--mtu must be 256, 512, 1024, 2048 or 4096"))?;
+    let mtu = path_mtu(args.mtu)?;
     if args.iters == 0 || args.size == 0 {
         anyhow::bail!("--iters and --size must be at least 1");
     }

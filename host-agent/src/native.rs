@@ -228,8 +228,17 @@ fn serve(
         endpoint.rx.woke_up();
         endpoint.tx_return.woke_up();
     }
+    // OS A has ended: its connections close as a process's do when it exits.
+    let clock = || started.elapsed().as_nanos() as u64;
+    service.wind_down(&mut endpoint, &mut pool, clock, |deadline_ns| {
+        let left = deadline_ns.saturating_sub(clock());
+        std::thread::sleep(Duration::from_nanos(left.min(WIND_DOWN_POLL_NS)));
+    });
     service.stats()
 }
+
+/// How often OS B looks at the network while the connections OS A left close.
+const WIND_DOWN_POLL_NS: u64 = 100_000;
 
 /// OS A's application in native mode.
 pub type NativeApp = Box<dyn FnOnce(&mut NativeOs, &mut NetClient) -> Outcome + Send>;

@@ -667,6 +667,11 @@ struct Supervisor {
     logged: u64,
 }
 
+/// How long OS B may take to close OS A's connections after OS A's application failed before
+/// the host stops it: the service's linger time and more, for guests whose instructions are
+/// emulated.
+const WIND_DOWN_GRACE: Duration = Duration::from_secs(20);
+
 /// Unknown accesses logged before the rest are only counted.
 const UNHANDLED_LOG_LIMIT: u64 = 16;
 
@@ -757,9 +762,15 @@ impl Supervisor {
         let mut outcomes: Vec<Option<VcpuOutcome>> = vec![None, None];
         let mut finished = [false; 2];
         let mut stopping = false;
+        // When OS B, left to close OS A's connections after OS A failed, is stopped anyway.
+        let mut wind_down_until: Option<Instant> = None;
         while outcomes.iter().any(Option::is_none) {
             let now = Instant::now();
             let stop_requested = self.stop_requested.load(Ordering::Acquire);
+            if !stopping && wind_down_until.is_some_and(|until| now >= until) {
+                stopping = true;
+                Self::stop_all(threads, &finished);
+            }
             if !stopping && (stop_requested || now >= deadline) {
                 // Checked on every message too, so a flood of exits cannot hold off the end.
                 self.timed_out = !stop_requested;
@@ -782,10 +793,22 @@ impl Supervisor {
                     let index = outcome.role.vcpu_index() as usize;
                     finished[index] = true;
                     let failed = !matches!(outcome.end, OsEnd::Exited { status: 0, .. });
+                    // OS A's application failed and OS A ended in order: OS B sees that, closes
+                    // the connections OS A left (its peers learn of it at once) and ends by
+                    // itself. Any other failure stops the VM now.
+                    let orderly = outcome.role == Role::A
+                        && matches!(
+                            outcome.end,
+                            OsEnd::Exited { status, .. } if status == ExitStatus::Failed as u32
+                        );
                     outcomes[index] = Some(outcome);
                     if failed && !stopping {
-                        stopping = true;
-                        Self::stop_all(threads, &finished);
+                        if orderly {
+                            wind_down_until = Some(Instant::now() + WIND_DOWN_GRACE);
+                        } else {
+                            stopping = true;
+                            Self::stop_all(threads, &finished);
+                        }
                     }
                 }
                 default(wait) => {

@@ -60,3 +60,26 @@ fn bad_arguments_are_refused_plainly() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("--stall-timeout"), "{stderr}");
 }
+
+#[test]
+fn a_path_mtu_the_link_cannot_carry_is_refused_before_anything_starts() {
+    for command in ["rdma-bench", "rdma"] {
+        let mut args = vec![command, "--native", "--mtu", "2048"];
+        if command == "rdma" {
+            args.extend(["--ip", "10.99.0.1/24", "--tap", "dvmtu0"]);
+        }
+        let started = std::time::Instant::now();
+        let output = Command::new(env!("CARGO_BIN_EXE_host-agent"))
+            .args(&args)
+            .output()
+            .expect("run host-agent");
+        assert_eq!(output.status.code(), Some(2), "{args:?}");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(
+            stderr.contains("--mtu 2048 does not fit the 1500-byte link")
+                && stderr.contains("at most 1024"),
+            "{args:?}: {stderr}"
+        );
+        assert!(started.elapsed() < std::time::Duration::from_secs(5));
+    }
+}

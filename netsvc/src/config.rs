@@ -6,6 +6,10 @@ use core::net::Ipv4Addr;
 /// IPv4 and UDP header bytes: a UDP payload is at most this much below the MTU.
 pub(crate) const UDP_OVERHEAD: usize = 28;
 
+/// The IP MTU of the links duovm makes (the built-in switch, its TAPs) and [`NetConfig::new`]'s
+/// default: standard Ethernet.
+pub const LINK_MTU: usize = 1500;
+
 /// Everything [`crate::NetService::new`] needs to know. [`NetConfig::new`] fills in defaults
 /// that suit a 1500-byte Ethernet link and a few dozen sockets.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -65,7 +69,7 @@ pub struct NetConfig {
 impl NetConfig {
     /// A configuration with defaults for everything but the addresses.
     pub fn new(mac: [u8; 6], address: Ipv4Addr, prefix_len: u8) -> NetConfig {
-        let mtu = 1500;
+        let mtu = LINK_MTU;
         let udp_packets = 64;
         NetConfig {
             mac,

@@ -94,7 +94,7 @@ pub mod table;
 pub use client::{Client, ClientError, ClientStats, SocketKind};
 pub use config::{ConfigError, NetConfig};
 pub use nic::{Nic, NicFull, TxStats};
-pub use service::{NetService, NetStats, PollOutcome};
+pub use service::{NetService, NetStats, PollOutcome, WindDown};
 /// The message format of the rings (re-exported from `shm-ring`).
 pub use shm_ring::netmsg;
 pub use shm_ring::netmsg::ConnectionInfo;

@@ -82,6 +82,26 @@ const EPHEMERAL_FIRST: u16 = 49152;
 /// How long a closed TCP socket may wait for its RST to go out before it is removed anyway.
 const RST_GRACE_NS: u64 = 1_000_000_000;
 
+/// How long the connections OS A left open may take to deliver what they hold and have their
+/// FIN acknowledged once OS A has ended ([`NetService::wind_down`]); what is still open then
+/// is reset. smoltcp resends after at least a second, doubling each time: this leaves room
+/// for three resends of a lost segment to a peer that is there.
+pub const LINGER_NS: u64 = 10_000_000_000;
+
+/// What [`NetService::wind_down`] did with the connections OS A left open.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct WindDown {
+    /// TCP connections closed with a FIN, after the bytes OS A had sent.
+    pub closed: u32,
+    /// TCP connections reset because they held bytes OS A had not read.
+    pub reset: u32,
+    /// TCP connections (closed by the wind-down or by OS A before) still not finished after
+    /// [`LINGER_NS`], and reset then.
+    pub timed_out: u32,
+    /// UDP sockets and TCP listeners removed.
+    pub removed: u32,
+}
+
 /// What one [`NetService::poll`] step asks of the platform.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct PollOutcome {
@@ -386,6 +406,111 @@ impl<D: Nic> NetService<D> {
         self.slots
             .iter()
             .map(|slot| slot.info(&self.sockets, self.config.address))
+    }
+
+    /// OS A has ended: closes every socket it left open, as an operating system closes the
+    /// sockets of a process that exits, so that peers learn of it at once instead of when
+    /// their own timeouts run out. A TCP connection finishes with a FIN after the bytes OS A
+    /// sent, or is reset if it holds bytes OS A did not read (as Linux does); UDP sockets and
+    /// listeners go at once. Events still waiting for OS A are dropped: nobody will read them.
+    ///
+    /// Go on polling until [`NetService::closing`] is false, then [`NetService::abort_all`]
+    /// (which [`NetService::wind_down`] does).
+    pub fn close_all(&mut self) -> WindDown {
+        self.pending.clear();
+        let mut done = WindDown::default();
+        let mut index = 0;
+        while index < self.slots.len() {
+            let SlotKind::Tcp(conn) = &mut self.slots[index].kind else {
+                let slot = self.slots.remove(index);
+                self.free_sockets(slot);
+                done.removed += 1;
+                continue;
+            };
+            index += 1;
+            if conn.closed_by_a {
+                continue;
+            }
+            conn.closed_by_a = true;
+            let socket = self.sockets.get_mut::<tcp::Socket<'_>>(conn.socket);
+            if socket.recv_queue() > 0 {
+                conn.aborted = true;
+                socket.abort();
+                done.reset += 1;
+            } else {
+                socket.close();
+                done.closed += 1;
+            }
+        }
+        done
+    }
+
+    /// Whether a TCP connection still has something on the way that matters: bytes not yet
+    /// acknowledged, or a FIN to a peer that has not closed its side (one that has needs no
+    /// telling, and may be gone).
+    pub fn closing(&self) -> bool {
+        self.slots.iter().any(|slot| match &slot.kind {
+            SlotKind::Tcp(conn) => {
+                let socket = self.sockets.get::<tcp::Socket<'_>>(conn.socket);
+                match socket.state() {
+                    tcp::State::Closed
+                    | tcp::State::Listen
+                    | tcp::State::TimeWait
+                    | tcp::State::FinWait2 => false,
+                    tcp::State::LastAck | tcp::State::Closing => socket.send_queue() > 0,
+                    _ => true,
+                }
+            }
+            _ => false,
+        })
+    }
+
+    /// Resets every TCP connection that has not finished; returns how many.
+    pub fn abort_all(&mut self) -> u32 {
+        let mut reset = 0;
+        for slot in &mut self.slots {
+            let SlotKind::Tcp(conn) = &mut slot.kind else {
+                continue;
+            };
+            let socket = self.sockets.get_mut::<tcp::Socket<'_>>(conn.socket);
+            if !matches!(socket.state(), tcp::State::Closed | tcp::State::TimeWait) {
+                conn.closed_by_a = true;
+                conn.aborted = true;
+                socket.abort();
+                reset += 1;
+            }
+        }
+        reset
+    }
+
+    /// Runs the service after OS A has ended ([`NetService::close_all`]) until the connections
+    /// it left have delivered their bytes and FIN, or [`LINGER_NS`] passed; then resets what
+    /// is still open and sends the resets. `now` is `poll`'s clock; `wait(deadline)` may sleep
+    /// until that time or until the NIC has a frame.
+    pub fn wind_down<S: AsRef<[u64]> + AsMut<[u64]>>(
+        &mut self,
+        endpoint: &mut Endpoint,
+        pool: &mut PoolOwner<S>,
+        mut now: impl FnMut() -> u64,
+        mut wait: impl FnMut(u64),
+    ) -> WindDown {
+        let mut done = self.close_all();
+        let give_up = now().saturating_add(LINGER_NS);
+        loop {
+            let at = now();
+            let outcome = self.poll(at, endpoint, pool);
+            if !self.closing() {
+                return done;
+            }
+            if at >= give_up {
+                done.timed_out = self.abort_all();
+                self.poll(now(), endpoint, pool);
+                return done;
+            }
+            if !outcome.busy {
+                wait(outcome.deadline_ns.unwrap_or(give_up).min(give_up));
+            }
+        }
     }
 
     /// One step of the service (see the module docs): serves OS A's requests on

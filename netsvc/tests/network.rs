@@ -15,7 +15,8 @@ use netsvc::memwire::{self, WireConfig};
 use netsvc::netmsg::{
     CloseReason, ConnectionState, ErrorCode, OPEN_REPEATABLE, Protocol, RequestKind,
 };
-use netsvc::{ClientError, Nic};
+use netsvc::service::LINGER_NS;
+use netsvc::{ClientError, Nic, WindDown};
 
 const HOST_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x99];
 const HOST_IP: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 99);
@@ -779,4 +780,215 @@ fn abort_resets_the_peer() {
         .unwrap();
     let (connected, _) = net.wait_for(false, |event| matches!(event, Ev::Connected { .. }));
     assert!(matches!(connected, Ev::Connected { handle, .. } if handle == again));
+}
+
+/// Connects left to a listener on the right; returns (left handle, right handle).
+fn connected_pair(net: &mut Net, port: u16) -> (u32, u32) {
+    let listener = net.right.client.tcp_listen(port, 1, 0).unwrap();
+    net.wait_for(
+        true,
+        |event| matches!(event, Ev::Bound { handle, .. } if *handle == listener),
+    );
+    let conn = net
+        .left
+        .client
+        .tcp_connect(SocketAddrV4::new(IP_RIGHT, port), 0, 0)
+        .unwrap();
+    net.wait_for(false, |event| matches!(event, Ev::Connected { .. }));
+    let (accepted, _) = net.wait_for(true, |event| matches!(event, Ev::Accepted { .. }));
+    let Ev::Accepted { handle: peer, .. } = accepted else {
+        unreachable!()
+    };
+    (conn, peer)
+}
+
+#[test]
+fn os_a_ending_closes_its_connections_after_their_bytes() {
+    let mut net = Net::new(WireConfig::default());
+    let (conn, peer) = connected_pair(&mut net, 7100);
+    let udp = net.left.client.udp_bind(7101).unwrap();
+    let listener = net.left.client.tcp_listen(7102, 1, 0).unwrap();
+    net.wait_for(
+        false,
+        |event| matches!(event, Ev::Bound { handle, .. } if *handle == listener),
+    );
+    assert!(udp != listener);
+    // OS A sends its last bytes and ends without closing anything.
+    let last = pattern(0x33, 0, 48 * 1024);
+    assert_eq!(net.left.client.tcp_send(conn, &last), Ok(last.len()));
+    net.left.poll(net.now_ns);
+    assert!(net.left.service.closing(), "the connection is open");
+
+    // OS B winds down, on a clock of its own; the right keeps running meanwhile.
+    let start = net.now_ns;
+    let clock = core::cell::Cell::new(start);
+    let Net { left, right, .. } = &mut net;
+    let (mut got, mut eof) = (Vec::new(), false);
+    let done = left.service.wind_down(
+        &mut left.endpoint,
+        &mut left.pool,
+        || clock.get(),
+        |deadline| {
+            let now = clock.get();
+            right.poll(now);
+            for event in right.events() {
+                match event {
+                    Ev::Data { handle, data } if handle == peer => got.extend_from_slice(&data),
+                    Ev::Eof(handle) if handle == peer => eof = true,
+                    Ev::SendSpace(..) => {}
+                    other => panic!("unexpected {other:?}"),
+                }
+            }
+            clock.set(deadline.min(now + 20_000).max(now + 1_000));
+        },
+    );
+    assert_eq!(
+        done,
+        WindDown {
+            closed: 1,
+            reset: 0,
+            timed_out: 0,
+            removed: 2,
+        }
+    );
+    assert!(
+        clock.get() - start < LINGER_NS,
+        "no waiting for the linger time"
+    );
+    assert!(!net.left.service.closing());
+    // Every byte arrived before the end of the stream.
+    net.run_until(1_000_000_000, |net| {
+        for event in net.right.events() {
+            match event {
+                Ev::Data { handle, data } if handle == peer => got.extend_from_slice(&data),
+                Ev::Eof(handle) if handle == peer => eof = true,
+                Ev::SendSpace(..) => {}
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        eof.then_some(())
+    });
+    assert!(
+        got == last,
+        "{} of {} bytes arrived intact",
+        got.len(),
+        last.len()
+    );
+    // The UDP socket and the listener are gone: the port refuses connections.
+    let refused = net
+        .right
+        .client
+        .tcp_connect(SocketAddrV4::new(IP_LEFT, 7102), 0, 0)
+        .unwrap();
+    let (closed, _) = net.wait_for(true, |event| matches!(event, Ev::Closed(..)));
+    assert_eq!(closed, Ev::Closed(refused, CloseReason::ConnectFailed));
+}
+
+#[test]
+fn os_a_ending_with_bytes_it_did_not_read_resets_the_peer() {
+    let mut net = Net::new(WireConfig::default());
+    let (_conn, peer) = connected_pair(&mut net, 7200);
+    // The right sends until the left's OS A, which reads nothing, holds the stream up: its
+    // pool B and then its socket's receive buffer fill.
+    let data = pattern(0x44, 0, 64 * 1024);
+    let mut idle_steps = 0;
+    while idle_steps < 200 {
+        match net.right.client.tcp_send(peer, &data) {
+            Ok(_) => idle_steps = 0,
+            Err(ClientError::WouldBlock | ClientError::NoBuffer | ClientError::RingFull) => {
+                idle_steps += 1;
+            }
+            Err(error) => panic!("tcp_send: {error}"),
+        }
+        net.step();
+        for event in net.right.events() {
+            assert!(matches!(event, Ev::SendSpace(..)), "unexpected {event:?}");
+        }
+    }
+    let done = net.left.service.close_all();
+    assert_eq!(
+        done,
+        WindDown {
+            closed: 0,
+            reset: 1,
+            timed_out: 0,
+            removed: 0,
+        }
+    );
+    let (closed, _) = net.wait_for(true, |event| matches!(event, Ev::Closed(..)));
+    assert_eq!(closed, Ev::Closed(peer, CloseReason::Reset));
+}
+
+#[test]
+fn os_a_ending_with_a_silent_peer_resets_after_the_linger_time() {
+    let mut net = Net::new(WireConfig::default());
+    let (conn, peer) = connected_pair(&mut net, 7300);
+    assert_eq!(net.left.client.tcp_send(conn, b"unanswered"), Ok(10));
+    // The right stops answering; the left's OS A ends.
+    let start = net.now_ns;
+    let clock = core::cell::Cell::new(start);
+    let left = &mut net.left;
+    let done = left.service.wind_down(
+        &mut left.endpoint,
+        &mut left.pool,
+        || clock.get(),
+        |deadline| clock.set(deadline.max(clock.get() + 1_000)),
+    );
+    assert_eq!(
+        done,
+        WindDown {
+            closed: 1,
+            reset: 0,
+            timed_out: 1,
+            removed: 0,
+        }
+    );
+    let waited = clock.get() - start;
+    assert!(
+        (LINGER_NS..LINGER_NS + 100_000_000).contains(&waited),
+        "gave up after {waited} ns"
+    );
+    assert!(!net.left.service.closing());
+    // The reset is on the wire: when the right runs again (the left no longer does), its
+    // connection is reset.
+    let mut events = Vec::new();
+    for step in 0..100 {
+        net.right.poll(clock.get() + step * 1_000_000);
+        events.extend(net.right.events());
+    }
+    assert_eq!(events, [Ev::Closed(peer, CloseReason::Reset)]);
+}
+
+#[test]
+fn os_a_ending_after_its_peer_closed_does_not_wait_for_the_peer() {
+    let mut net = Net::new(WireConfig::default());
+    let (conn, peer) = connected_pair(&mut net, 7400);
+    // The peer closes its side, and the left's OS A sees the end of the stream.
+    net.right.client.tcp_close(peer).unwrap();
+    net.wait_for(false, |event| *event == Ev::Eof(conn));
+    // Then the peer goes away (it is polled no more) and the left's OS A ends: its FIN tells
+    // a peer that closed already nothing, so the wind-down does not wait for its ACK.
+    let start = net.now_ns;
+    let clock = core::cell::Cell::new(start);
+    let left = &mut net.left;
+    let done = left.service.wind_down(
+        &mut left.endpoint,
+        &mut left.pool,
+        || clock.get(),
+        |deadline| clock.set(deadline.max(clock.get() + 1_000)),
+    );
+    assert_eq!(
+        done,
+        WindDown {
+            closed: 1,
+            reset: 0,
+            timed_out: 0,
+            removed: 0,
+        }
+    );
+    assert!(
+        clock.get() - start < 1_000_000,
+        "waited {} ns",
+        clock.get() - start
+    );
 }

@@ -1,15 +1,17 @@
 //! OS B's network service between a hostile network and a hostile OS A: frames from the wire,
 //! messages and raw descriptors on OS A's ring, bogus buffer returns, honest requests and time,
-//! in any order. Nothing may panic, and every frame the service reads is counted exactly once.
+//! in any order, and OS A ending. Nothing may panic, every frame the service reads is counted
+//! exactly once, and the wind-down after OS A ends finishes within the linger time.
 //!
-//! The input is a sequence of operations, each a byte (modulo 9) followed by its arguments:
+//! The input is a sequence of operations, each a byte (modulo 11) followed by its arguments:
 //! 0 a frame (2-byte length, bytes); 1 a message from OS A in a pool A buffer (kind, 4-byte
 //! meta, 1-byte length, bytes); 2 a raw descriptor on OS A's ring (offset, length, flags, meta:
 //! 4 bytes each); 3 a raw descriptor returned on OS A's return ring; 4 time passes (1-byte
 //! count of 100 µs) and the service polls; 5 OS A reads its events; 6 an honest request (UDP
 //! bind, UDP send, TCP listen, TCP connect, TCP send, close); 7 the service polls; 8 a RoCE
 //! frame for the service with good checksums (1-byte length of payload from the input, then a
-//! position and a mask to flip one byte of it).
+//! position and a mask to flip one byte of it); 9 OS A ends (`close_all`; the input goes on);
+//! 10 every connection is reset (`abort_all`). At the end the service winds down.
 //!
 //! ```text
 //! cd netsvc/fuzz && cargo +nightly fuzz run service
@@ -129,7 +131,7 @@ fuzz_target!(|data: &[u8]| {
         }
     };
     while !input.is_empty() {
-        match input.u8() % 9 {
+        match input.u8() % 11 {
             0 => {
                 let len = usize::from(input.u16() % 1600);
                 let frame = input.bytes(len).to_vec();
@@ -194,6 +196,12 @@ fuzz_target!(|data: &[u8]| {
                 service.poll(now_ns, &mut b, &mut pool);
                 while wire.receive(&mut scratch).is_some() {}
             }
+            9 => {
+                service.close_all();
+            }
+            10 => {
+                service.abort_all();
+            }
             _ => {
                 let len = usize::from(input.u8());
                 let mut frame = roce_frame(input.bytes(len));
@@ -212,6 +220,16 @@ fuzz_target!(|data: &[u8]| {
         while client.poll().is_some() {}
         while wire.receive(&mut scratch).is_some() {}
     }
+    // OS A ends: the wind-down ends, within the linger time, with nothing left closing.
+    let clock = core::cell::Cell::new(now_ns);
+    service.wind_down(
+        &mut b,
+        &mut pool,
+        || clock.get(),
+        |deadline| clock.set(deadline.max(clock.get() + 1_000)),
+    );
+    assert!(!service.closing());
+    assert!(clock.get() - now_ns <= netsvc::service::LINGER_NS + 1_000_000);
     let stats = service.stats();
     assert!(stats.frames_received <= frames_sent);
     assert_eq!(
