@@ -802,6 +802,23 @@ fn connected_pair(net: &mut Net, port: u16) -> (u32, u32) {
     (conn, peer)
 }
 
+/// The left's OS A has ended: its OS B winds down while the right is silent (not polled),
+/// on a clock that jumps to each deadline; returns what it did and how long it took, and
+/// leaves `net.now_ns` at its end.
+fn wind_down_alone(net: &mut Net) -> (WindDown, u64) {
+    let start = net.now_ns;
+    let clock = core::cell::Cell::new(start);
+    let left = &mut net.left;
+    let done = left.service.wind_down(
+        &mut left.endpoint,
+        &mut left.pool,
+        || clock.get(),
+        |deadline| clock.set(deadline.max(clock.get() + 1_000)),
+    );
+    net.now_ns = clock.get();
+    (done, clock.get() - start)
+}
+
 #[test]
 fn os_a_ending_closes_its_connections_after_their_bytes() {
     let mut net = Net::new(WireConfig::default());
@@ -925,15 +942,7 @@ fn os_a_ending_with_a_silent_peer_resets_after_the_linger_time() {
     let (conn, peer) = connected_pair(&mut net, 7300);
     assert_eq!(net.left.client.tcp_send(conn, b"unanswered"), Ok(10));
     // The right stops answering; the left's OS A ends.
-    let start = net.now_ns;
-    let clock = core::cell::Cell::new(start);
-    let left = &mut net.left;
-    let done = left.service.wind_down(
-        &mut left.endpoint,
-        &mut left.pool,
-        || clock.get(),
-        |deadline| clock.set(deadline.max(clock.get() + 1_000)),
-    );
+    let (done, waited) = wind_down_alone(&mut net);
     assert_eq!(
         done,
         WindDown {
@@ -943,7 +952,6 @@ fn os_a_ending_with_a_silent_peer_resets_after_the_linger_time() {
             removed: 0,
         }
     );
-    let waited = clock.get() - start;
     assert!(
         (LINGER_NS..LINGER_NS + 100_000_000).contains(&waited),
         "gave up after {waited} ns"
@@ -953,7 +961,7 @@ fn os_a_ending_with_a_silent_peer_resets_after_the_linger_time() {
     // connection is reset.
     let mut events = Vec::new();
     for step in 0..100 {
-        net.right.poll(clock.get() + step * 1_000_000);
+        net.right.poll(net.now_ns + step * 1_000_000);
         events.extend(net.right.events());
     }
     assert_eq!(events, [Ev::Closed(peer, CloseReason::Reset)]);
@@ -968,15 +976,7 @@ fn os_a_ending_after_its_peer_closed_does_not_wait_for_the_peer() {
     net.wait_for(false, |event| *event == Ev::Eof(conn));
     // Then the peer goes away (it is polled no more) and the left's OS A ends: its FIN tells
     // a peer that closed already nothing, so the wind-down does not wait for its ACK.
-    let start = net.now_ns;
-    let clock = core::cell::Cell::new(start);
-    let left = &mut net.left;
-    let done = left.service.wind_down(
-        &mut left.endpoint,
-        &mut left.pool,
-        || clock.get(),
-        |deadline| clock.set(deadline.max(clock.get() + 1_000)),
-    );
+    let (done, waited) = wind_down_alone(&mut net);
     assert_eq!(
         done,
         WindDown {
@@ -986,9 +986,5 @@ fn os_a_ending_after_its_peer_closed_does_not_wait_for_the_peer() {
             removed: 0,
         }
     );
-    assert!(
-        clock.get() - start < 1_000_000,
-        "waited {} ns",
-        clock.get() - start
-    );
+    assert!(waited < 1_000_000, "waited {waited} ns");
 }
