@@ -89,15 +89,24 @@ fn a_stall_between_vms_fails_after_the_stall_timeout_and_says_why() {
     }
     // Nothing gets through the switch: each OS A gives up after 3 s without headway (the
     // timeout travels to the guest in its workload arguments) and its log says why.
-    let hello = workload(WorkloadKind::Hello, &[]);
     let params = RdmaBenchParams {
         stall_timeout: 3,
         ..params(Test::WriteBw, 4096, 5, 0.999)
     };
     let started = std::time::Instant::now();
+    failing_run(
+        &params,
+        "server: nothing moved for 3 s waiting for the client",
+    );
+    assert!(started.elapsed() < Duration::from_secs(60));
+}
+
+/// Runs `params` between two VMs, which must fail with `error`; returns the VMs' reports.
+fn failing_run(params: &RdmaBenchParams, error: &str) -> Vec<host_agent::vm::RunReport> {
+    let hello = workload(WorkloadKind::Hello, &[]);
     let (report, runs) = run_vms(
         &config([hello, hello]),
-        &params,
+        params,
         Duration::from_secs(120),
         None,
     )
@@ -105,10 +114,10 @@ fn a_stall_between_vms_fails_after_the_stall_timeout_and_says_why() {
     assert!(!report.verified, "{report:#?}");
     assert_eq!(
         report.error.as_deref(),
-        Some("server: nothing moved for 3 s waiting for the client"),
+        Some(error),
         "{report:#?}\n{runs:#?}"
     );
-    assert!(started.elapsed() < Duration::from_secs(60), "{report:#?}");
+    runs
 }
 
 #[test]
@@ -122,26 +131,14 @@ fn a_vm_whose_application_fails_closes_its_connections_and_its_peer_fails_at_onc
     // before it answers the client's connection message. Its OS B closes the exchange
     // connection as it winds down, so the client's OS A learns of it at once, not after the
     // stall timeout (60 s).
-    let hello = workload(WorkloadKind::Hello, &[]);
     let params = RdmaBenchParams {
         mtu: Mtu::Mtu2048,
         ..params(Test::WriteBw, 4096, 5, 0.0)
     };
     let started = std::time::Instant::now();
-    let (report, runs) = run_vms(
-        &config([hello, hello]),
+    let runs = failing_run(
         &params,
-        Duration::from_secs(120),
-        None,
-    )
-    .unwrap();
-    assert!(!report.verified, "{report:#?}");
-    assert_eq!(
-        report.error.as_deref(),
-        Some(
-            "server: path MTU 2048 is larger than the link carries (the port's active MTU is 1024)"
-        ),
-        "{report:#?}\n{runs:#?}"
+        "server: path MTU 2048 is larger than the link carries (the port's active MTU is 1024)",
     );
     let lines = || {
         runs.iter()

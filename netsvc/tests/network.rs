@@ -802,6 +802,16 @@ fn connected_pair(net: &mut Net, port: u16) -> (u32, u32) {
     (conn, peer)
 }
 
+/// A [`WindDown`]: connections closed, reset, timed out; sockets removed.
+fn counts(closed: u32, reset: u32, timed_out: u32, removed: u32) -> WindDown {
+    WindDown {
+        closed,
+        reset,
+        timed_out,
+        removed,
+    }
+}
+
 /// The left's OS A has ended: its OS B winds down while the right is silent (not polled),
 /// on a clock that jumps to each deadline; returns what it did and how long it took, and
 /// leaves `net.now_ns` at its end.
@@ -859,15 +869,7 @@ fn os_a_ending_closes_its_connections_after_their_bytes() {
             clock.set(deadline.min(now + 20_000).max(now + 1_000));
         },
     );
-    assert_eq!(
-        done,
-        WindDown {
-            closed: 1,
-            reset: 0,
-            timed_out: 0,
-            removed: 2,
-        }
-    );
+    assert_eq!(done, counts(1, 0, 0, 2));
     assert!(
         clock.get() - start < LINGER_NS,
         "no waiting for the linger time"
@@ -923,15 +925,7 @@ fn os_a_ending_with_bytes_it_did_not_read_resets_the_peer() {
         }
     }
     let done = net.left.service.close_all();
-    assert_eq!(
-        done,
-        WindDown {
-            closed: 0,
-            reset: 1,
-            timed_out: 0,
-            removed: 0,
-        }
-    );
+    assert_eq!(done, counts(0, 1, 0, 0));
     let (closed, _) = net.wait_for(true, |event| matches!(event, Ev::Closed(..)));
     assert_eq!(closed, Ev::Closed(peer, CloseReason::Reset));
 }
@@ -943,15 +937,7 @@ fn os_a_ending_with_a_silent_peer_resets_after_the_linger_time() {
     assert_eq!(net.left.client.tcp_send(conn, b"unanswered"), Ok(10));
     // The right stops answering; the left's OS A ends.
     let (done, waited) = wind_down_alone(&mut net);
-    assert_eq!(
-        done,
-        WindDown {
-            closed: 1,
-            reset: 0,
-            timed_out: 1,
-            removed: 0,
-        }
-    );
+    assert_eq!(done, counts(1, 0, 1, 0));
     assert!(
         (LINGER_NS..LINGER_NS + 100_000_000).contains(&waited),
         "gave up after {waited} ns"
@@ -977,14 +963,6 @@ fn os_a_ending_after_its_peer_closed_does_not_wait_for_the_peer() {
     // Then the peer goes away (it is polled no more) and the left's OS A ends: its FIN tells
     // a peer that closed already nothing, so the wind-down does not wait for its ACK.
     let (done, waited) = wind_down_alone(&mut net);
-    assert_eq!(
-        done,
-        WindDown {
-            closed: 1,
-            reset: 0,
-            timed_out: 0,
-            removed: 0,
-        }
-    );
+    assert_eq!(done, counts(1, 0, 0, 0));
     assert!(waited < 1_000_000, "waited {waited} ns");
 }
