@@ -138,6 +138,9 @@ pub enum SuiteError {
     /// An RDMA VM failed.
     #[error(transparent)]
     Vm(#[from] VmError),
+    /// The user asked the runs to end (Ctrl-C).
+    #[error(transparent)]
+    Interrupted(#[from] crate::interrupt::Interrupted),
     /// A measurement has no round (cannot happen: at least one round runs).
     #[error("a measurement has no round")]
     NoRounds,
@@ -303,6 +306,7 @@ fn ratio(numerator: f64, denominator: f64) -> f64 {
 
 /// One `net-bench` measurement between fresh endpoints.
 fn run_net(mode: &SuiteMode<'_>, params: &NetBenchParams) -> Result<NetBenchReport, SuiteError> {
+    crate::interrupt::check()?;
     Ok(match mode {
         SuiteMode::Native { idle_spin } => {
             netbench::run_native(params, &NetPath::Switch, *idle_spin, false)?.0
@@ -315,6 +319,7 @@ fn run_net(mode: &SuiteMode<'_>, params: &NetBenchParams) -> Result<NetBenchRepo
 
 /// One `rdma-bench` measurement between fresh endpoints.
 fn run_rdma(mode: &SuiteMode<'_>, params: &RdmaBenchParams) -> Result<RdmaBenchReport, SuiteError> {
+    crate::interrupt::check()?;
     Ok(match mode {
         SuiteMode::Native { idle_spin } => rdmabench::run_native(params, *idle_spin, false)?.0,
         SuiteMode::Vm { base, timeout } => rdmabench::run_vms(base, params, *timeout, None)?.0,

@@ -25,6 +25,7 @@ pub mod endpoint;
 pub mod exitbench;
 pub mod exits;
 pub mod images;
+pub mod interrupt;
 pub mod loader;
 pub mod memory;
 pub mod native;

@@ -1196,6 +1196,7 @@ fn demo(args: &DemoArgs) -> Result<bool> {
         return Ok(false);
     }
 
+    host_agent::interrupt::check()?;
     if !json {
         println!();
         println!(
@@ -1231,6 +1232,7 @@ fn demo(args: &DemoArgs) -> Result<bool> {
         return Ok(false);
     }
 
+    host_agent::interrupt::check()?;
     if !json {
         println!();
         println!(
@@ -1282,6 +1284,7 @@ fn demo(args: &DemoArgs) -> Result<bool> {
         return Ok(false);
     }
 
+    host_agent::interrupt::check()?;
     if !json {
         println!();
         println!(
@@ -1306,6 +1309,7 @@ fn demo(args: &DemoArgs) -> Result<bool> {
             stall_timeout: 0,
             path: RdmaPath::Switch,
         };
+        host_agent::interrupt::check()?;
         let config = args.vm.config(images.clone(), [Workload::default(); 2])?;
         let (report, runs) = rdmabench::run_vms(
             &config,
@@ -1434,6 +1438,9 @@ fn print_demo_summary(
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Err(error) = host_agent::interrupt::install() {
+        eprintln!("host-agent: cannot handle Ctrl-C: {error}");
+    }
     let result = match &cli.command {
         Command::Demo(args) => demo(args),
         Command::RingBench(args) => ring_bench(args),
@@ -1454,6 +1461,13 @@ fn main() -> ExitCode {
             images::build(dir, true).map(|_| true).map_err(Into::into)
         }
     };
+    if host_agent::interrupt::requested() {
+        if let Err(error) = &result {
+            eprintln!("host-agent: error: {error:#}");
+        }
+        eprintln!("host-agent: interrupted");
+        return ExitCode::from(130);
+    }
     match result {
         Ok(true) => ExitCode::SUCCESS,
         Ok(false) => ExitCode::FAILURE,

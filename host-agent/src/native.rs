@@ -149,7 +149,7 @@ impl Os for NativeOs {
     }
 
     fn should_stop(&mut self) -> bool {
-        self.stop_app.load(Ordering::Acquire)
+        self.stop_app.load(Ordering::Acquire) || crate::interrupt::requested()
     }
 }
 

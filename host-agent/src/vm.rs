@@ -766,7 +766,8 @@ impl Supervisor {
         let mut wind_down_until: Option<Instant> = None;
         while outcomes.iter().any(Option::is_none) {
             let now = Instant::now();
-            let stop_requested = self.stop_requested.load(Ordering::Acquire);
+            let stop_requested =
+                self.stop_requested.load(Ordering::Acquire) || crate::interrupt::requested();
             if !stopping && wind_down_until.is_some_and(|until| now >= until) {
                 stopping = true;
                 Self::stop_all(threads, &finished);

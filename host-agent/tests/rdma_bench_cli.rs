@@ -83,3 +83,89 @@ fn a_path_mtu_the_link_cannot_carry_is_refused_before_anything_starts() {
         assert!(started.elapsed() < std::time::Duration::from_secs(5));
     }
 }
+
+/// Starts a long `rdma-bench --native --json` with `args`, sends it Ctrl-C after `after`, and
+/// returns its exit status, its report and its standard error.
+fn interrupted(
+    args: &[&str],
+    after: std::time::Duration,
+) -> (Option<i32>, serde_json::Value, String, u32) {
+    use nix::sys::signal::{Signal, kill};
+    use nix::unistd::Pid;
+    let child = Command::new(env!("CARGO_BIN_EXE_host-agent"))
+        .args([
+            "rdma-bench",
+            "--native",
+            "--json",
+            "--test",
+            "write-bw",
+            "--size",
+            "4096",
+        ])
+        .args(["--iters", "1000000000"])
+        .args(args)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run host-agent rdma-bench");
+    let pid = child.id();
+    std::thread::sleep(after);
+    kill(Pid::from_raw(pid as i32), Signal::SIGINT).expect("send SIGINT");
+    let started = std::time::Instant::now();
+    let output = child.wait_with_output().expect("wait for host-agent");
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(10),
+        "took {:?} to end",
+        started.elapsed()
+    );
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    let report = serde_json::from_str(stdout.trim())
+        .unwrap_or_else(|error| panic!("not one JSON object ({error}): {stdout}\n{stderr}"));
+    (output.status.code(), report, stderr, pid)
+}
+
+#[test]
+fn ctrl_c_ends_a_run_in_order_with_what_it_measured() {
+    let (status, report, stderr, _) = interrupted(&[], std::time::Duration::from_secs(2));
+    assert_eq!(status, Some(130), "{stderr}");
+    assert!(stderr.ends_with("host-agent: interrupted\n"), "{stderr}");
+    assert_eq!(report["verified"], false);
+    assert!(report["messages"].as_u64().unwrap() > 0, "{report}");
+    let error = report["error"].as_str().unwrap_or_default();
+    assert!(error.contains("stopped"), "{report}");
+}
+
+#[test]
+fn ctrl_c_removes_the_bridge_and_taps_made_for_the_run() {
+    if !may_make_taps() {
+        eprintln!(
+            "!!!! SKIPPED ctrl_c_removes_the_bridge_and_taps_made_for_the_run: needs CAP_NET_ADMIN and /dev/net/tun !!!!"
+        );
+        return;
+    }
+    let (status, report, stderr, pid) = interrupted(&["--tap"], std::time::Duration::from_secs(2));
+    assert_eq!(status, Some(130), "{stderr}");
+    assert_eq!(report["path"], "tap");
+    assert!(report["messages"].as_u64().unwrap() > 0, "{report}");
+    // The run's interfaces are named after the agent's process id.
+    let prefix = format!("dv{pid:x}-");
+    let left: Vec<_> = std::fs::read_dir("/sys/class/net")
+        .unwrap()
+        .filter_map(|entry| entry.ok()?.file_name().into_string().ok())
+        .filter(|name| name.starts_with(&prefix))
+        .collect();
+    assert!(left.is_empty(), "left behind: {left:?}");
+}
+
+/// Whether this process may make TAPs and bridges: `/dev/net/tun` and CAP_NET_ADMIN (bit 12 of
+/// the effective capabilities).
+fn may_make_taps() -> bool {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let net_admin = status
+        .lines()
+        .find_map(|line| line.strip_prefix("CapEff:"))
+        .and_then(|caps| u64::from_str_radix(caps.trim(), 16).ok())
+        .is_some_and(|caps| caps & (1 << 12) != 0);
+    net_admin && std::path::Path::new("/dev/net/tun").exists()
+}
