@@ -32,6 +32,9 @@ use shm_ring::shared::SharedConfig;
 /// OS A (vCPU 0) runs the application and the RDMA engine; OS B (vCPU 1) runs the network
 /// stack. They share one memory segment and talk through lock-free rings and IPIs. The agent
 /// builds the guest kernels when needed, builds the VM, handles its exits and reports.
+///
+/// Ctrl-C ends any command in order (the report says what was done; exit status 130); a
+/// second Ctrl-C ends it at once.
 #[derive(Debug, Parser)]
 #[command(name = "host-agent", version, about, long_about)]
 struct Cli {
