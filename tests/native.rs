@@ -523,6 +523,78 @@ fn an_endpoint_whose_application_fails_closes_its_connections_and_its_peer_fails
 }
 
 #[test]
+fn a_client_that_ends_mid_test_ends_its_server_at_once() {
+    use apps::rdma::{Handshake, Test, TestError, TestParams, run_test};
+    use std::sync::{Arc, Mutex};
+    let switch = Switch::new(SwitchConfig::default());
+    let results: Arc<Mutex<Results>> = Arc::default();
+    let mut handles = Vec::new();
+    for index in [1u8, 2] {
+        let results = results.clone();
+        let params = TestParams {
+            test: Test::WriteBw,
+            size: 4096,
+            // Far more than runs before the client is stopped.
+            iters: 100_000_000,
+            server: (index == 2).then_some(Ipv4Addr::new(10, 78, 0, 1)),
+            local: Ipv4Addr::new(10, 78, 0, index),
+            port: 18515,
+            mtu: roce::verbs::Mtu::Mtu1024,
+            handshake: Handshake::RcPingpong,
+            qp_timeout: apps::rdma::DEFAULT_QP_TIMEOUT,
+            retry_cnt: apps::rdma::DEFAULT_RETRY_CNT,
+            stall_timeout: 0,
+        };
+        let app: host_agent::native::NativeApp = Box::new(move |os, client| {
+            let result = run_test(os, client, &params);
+            results.lock().unwrap().push((index, result));
+            Outcome::Failed
+        });
+        handles.push(spawn(member(&switch, index, app)).unwrap());
+    }
+    let start = std::time::Instant::now();
+    while switch.counters().delivered < 2000 {
+        assert!(start.elapsed().as_secs() < 60, "{:?}", switch.counters());
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+    // The client is asked to end mid-test (as Ctrl-C asks): it stops, and its OS B closes the
+    // exchange connection, which the server takes as the client's end, at once rather than
+    // after the stall timeout (60 s).
+    let mut handles = handles.into_iter();
+    let server = handles.next().unwrap();
+    let client = handles.next().unwrap();
+    client.stop();
+    let stopped = std::time::Instant::now();
+    let client = client.join().unwrap();
+    let server = server.join().unwrap();
+    assert!(
+        stopped.elapsed() < std::time::Duration::from_secs(10),
+        "took {:?}",
+        stopped.elapsed()
+    );
+    let results = results.lock().unwrap();
+    let error_of = |index: u8| {
+        let (_, result) = results.iter().find(|(i, _)| *i == index).unwrap();
+        result.as_ref().unwrap_err().error
+    };
+    assert!(
+        matches!(error_of(2), TestError::Stopped(_)),
+        "{:?}",
+        client.lines
+    );
+    assert_eq!(
+        error_of(1),
+        TestError::PeerEnded("waiting for the client"),
+        "{:?}",
+        server.lines
+    );
+    assert_eq!(
+        error_of(1).to_string(),
+        "the peer ended the test (it closed the connection) waiting for the client"
+    );
+}
+
+#[test]
 fn rdma_survives_heavy_loss_natively() {
     use host_agent::rdmabench::{RdmaBenchParams, RdmaPath, run_native};
     // 15% of frames lost each way: the connection exchange over TCP and most messages are

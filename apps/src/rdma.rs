@@ -248,6 +248,10 @@ pub enum TestError {
     },
     /// The platform asked the application to end ([`Os::should_stop`]) while it waited.
     Stopped(&'static str),
+    /// The peer ended the test before it finished: it closed the exchange connection, which a
+    /// duovm peer keeps open until the end ([`Link::end_barrier`]), while this side was at step
+    /// `what`.
+    PeerEnded(&'static str),
     /// The test's path MTU is larger than the port's active MTU, the largest the link carries.
     Mtu {
         /// The test's path MTU, in bytes.
@@ -259,6 +263,16 @@ pub enum TestError {
 
 /// How a [`TestError::Timeout`] reads, up to its duration: `nothing moved for 60 s ...`.
 pub const STALLED: &str = "nothing moved";
+/// How a [`TestError::PeerEnded`] reads, up to the step.
+pub const PEER_ENDED: &str = "the peer ended the test (it closed the connection)";
+/// How a [`TestError::Exchange`] reads when the peer closed the connection during the exchange.
+const PEER_CLOSED_EARLY: &str = "the peer closed the connection early";
+
+/// Whether a failure, as [`TestError`] displays it, is what the peer's failure (or silence)
+/// left this side with, rather than a cause of its own: a stall, or the peer ending.
+pub fn is_consequence(why: &str) -> bool {
+    why.starts_with(STALLED) || why.starts_with(PEER_ENDED) || why.ends_with(PEER_CLOSED_EARLY)
+}
 
 impl core::fmt::Display for TestError {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
@@ -273,6 +287,7 @@ impl core::fmt::Display for TestError {
                 write!(f, "{STALLED} for {seconds} s {what}")
             }
             TestError::Stopped(what) => write!(f, "stopped {what}"),
+            TestError::PeerEnded(what) => write!(f, "{PEER_ENDED} {what}"),
             TestError::Mtu { path, active } => write!(
                 f,
                 "path MTU {path} is larger than the link carries (the port's active MTU is {active})"
@@ -445,6 +460,9 @@ struct Link<'a, O: Os> {
     messages_done: u64,
     /// The peer said it finished ([`Link::end_barrier`]): it needs nothing more of this side.
     peer_finished: bool,
+    /// The peer is a duovm that keeps the exchange connection open until the end of the test:
+    /// its closing it means it ended ([`TestError::PeerEnded`]).
+    watch_peer: bool,
 }
 
 impl<O: Os> Link<'_, O> {
@@ -584,6 +602,9 @@ impl<O: Os> Link<'_, O> {
             if self.os.should_stop() {
                 return Err(TestError::Stopped(what));
             }
+            if self.watch_peer && self.exchange.closed {
+                return Err(TestError::PeerEnded(what));
+            }
             if !more {
                 self.idle();
             }
@@ -629,7 +650,7 @@ impl<O: Os> Link<'_, O> {
             sent == data.len() || link.exchange.closed
         })?;
         if sent < data.len() {
-            return Err(TestError::Exchange("the peer closed the connection early"));
+            return Err(TestError::Exchange(PEER_CLOSED_EARLY));
         }
         Ok(())
     }
@@ -641,6 +662,7 @@ impl<O: Os> Link<'_, O> {
     /// request (lost on the way), resending it to nobody until it failed. A peer that closes
     /// the connection instead (`ibv_rc_pingpong` closes it after the exchange) ends the wait.
     fn end_barrier(&mut self) -> Result<(), TestError> {
+        self.watch_peer = false;
         let Some(handle) = self.exchange.handle else {
             return Ok(());
         };
@@ -662,7 +684,7 @@ impl<O: Os> Link<'_, O> {
             link.exchange.inbox.len() >= len || link.exchange.closed
         })?;
         if self.exchange.inbox.len() < len {
-            return Err(TestError::Exchange("the peer closed the connection early"));
+            return Err(TestError::Exchange(PEER_CLOSED_EARLY));
         }
         Ok(self.exchange.inbox.drain(..len).collect())
     }
@@ -935,6 +957,7 @@ pub fn run_test(
         next_progress_ns: now + PROGRESS_INTERVAL_NS,
         messages_done: 0,
         peer_finished: false,
+        watch_peer: false,
     };
     let outcome = connect_and_run(&mut link, &resources, params, size);
     finish(link, resources.cq, size, outcome)
@@ -1027,7 +1050,9 @@ fn connect_and_run<O: Os>(
         }
     };
     // rdma-core's `ibv_rc_pingpong` closes the exchange connection here; duovm keeps it for
-    // the end of the test (`Link::end_barrier`), as perftest does.
+    // the end of the test (`Link::end_barrier`), as perftest does. Only duovm runs the tests
+    // other than rc_pingpong's, so for them a closed connection means the peer ended.
+    link.watch_peer = params.test != Test::Pingpong;
     let report = match (params.server.is_some(), params.test) {
         (is_client, Test::WriteLat) => {
             let memory = remote_memory.ok_or(TestError::Exchange("no peer memory"))?;

@@ -191,17 +191,16 @@ pub struct RdmaBenchReport {
     pub error: Option<String>,
 }
 
-/// The failure of the server or the client, named by side. When both failed, the one that
-/// did not just wait in vain is the cause (a side whose peer gave up stalls in turn); else the
-/// server's.
+/// The failure of the server or the client, named by side. When both failed, the one whose
+/// failure is not a consequence of its peer's ([`apps::rdma::is_consequence`]: it stalled, or
+/// saw the peer end) is the cause; else the server's.
 fn first_failure(server: Option<String>, client: Option<String>) -> Option<String> {
     let failures =
         [("server", server), ("client", client)].map(|(side, why)| why.map(|why| (side, why)));
-    let stalled = |why: &str| why.starts_with(apps::rdma::STALLED);
     let cause = failures
         .iter()
         .flatten()
-        .find(|(_, why)| !stalled(why))
+        .find(|(_, why)| !apps::rdma::is_consequence(why))
         .or(failures.iter().flatten().next());
     cause.map(|(side, why)| format!("{side}: {why}"))
 }
@@ -457,6 +456,26 @@ mod tests {
         assert_eq!(
             cause(&waiting, &stalled).as_deref(),
             Some("client: nothing moved for 60 s waiting for the client")
+        );
+        // A side that saw its peer end, in the exchange or in the test, is not the cause.
+        let ended = log(&[
+            "rdma: write_bw failed: the peer ended the test (it closed the connection) waiting for the client",
+        ]);
+        let closed_early = log(&[
+            "rdma: write_bw client failed: connection exchange: the peer closed the connection early",
+        ]);
+        let stopped = log(&["rdma: write_bw client failed: stopped sending"]);
+        assert_eq!(
+            cause(&ended, &stopped).as_deref(),
+            Some("client: stopped sending")
+        );
+        assert_eq!(
+            cause(&refused, &closed_early).as_deref(),
+            Some("server: a work request completed with RemAccessErr")
+        );
+        assert_eq!(
+            cause(&closed_early, &refused).as_deref(),
+            Some("client: a work request completed with RemAccessErr")
         );
         // Lines that merely mention failing are not the application's verdict.
         let other = log(&["net: connect failed: refused"]);
