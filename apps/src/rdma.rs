@@ -249,8 +249,7 @@ pub enum TestError {
     /// The platform asked the application to end ([`Os::should_stop`]) while it waited.
     Stopped(&'static str),
     /// The peer ended the test before it finished: it closed the exchange connection, which a
-    /// duovm peer keeps open until the end ([`Link::end_barrier`]), while this side was at step
-    /// `what`.
+    /// duovm peer keeps open until the end of the test, while this side was at step `what`.
     PeerEnded(&'static str),
     /// The test's path MTU is larger than the port's active MTU, the largest the link carries.
     Mtu {
