@@ -401,15 +401,9 @@ fn rdma_bench_runs_natively_through_a_linux_bridge() {
     let stem = format!("dv{:x}-", std::process::id());
     let left_behind = || ns.left_behind(|name| name.starts_with(&stem));
     let params = |test, size, iters, loss| RdmaBenchParams {
-        test,
-        size,
-        iters,
         loss,
-        mtu: roce::verbs::Mtu::Mtu1024,
-        qp_timeout: None,
-        retry_cnt: apps::rdma::DEFAULT_RETRY_CNT,
-        stall_timeout: 0,
         path: RdmaPath::Tap,
+        ..RdmaBenchParams::new(test, size, iters)
     };
     for (test, size, iters) in [
         (apps::rdma::Test::WriteBw, 65536, 100),
@@ -438,17 +432,11 @@ fn rdma_bench_runs_natively_through_a_linux_bridge() {
 #[test]
 fn a_step_may_outlast_the_stall_timeout_while_psns_move_and_a_stall_fails_clearly() {
     use apps::rdma::Test;
-    use host_agent::rdmabench::{RdmaBenchParams, RdmaPath, run_native};
+    use host_agent::rdmabench::{RdmaBenchParams, run_native};
     let params = |iters, loss| RdmaBenchParams {
-        test: Test::WriteBw,
-        size: 65536,
-        iters,
         loss,
-        mtu: roce::verbs::Mtu::Mtu1024,
-        qp_timeout: None,
-        retry_cnt: apps::rdma::DEFAULT_RETRY_CNT,
         stall_timeout: 1,
-        path: RdmaPath::Switch,
+        ..RdmaBenchParams::new(Test::WriteBw, 65536, iters)
     };
     let spin = std::time::Duration::from_millis(1);
     // The write_bw server waits for one completion, the client's last WRITE_WITH_IMM, for
@@ -484,22 +472,15 @@ fn a_step_may_outlast_the_stall_timeout_while_psns_move_and_a_stall_fails_clearl
 #[test]
 fn an_endpoint_whose_application_fails_closes_its_connections_and_its_peer_fails_at_once() {
     use apps::rdma::Test;
-    use host_agent::rdmabench::{RdmaBenchParams, RdmaPath, run_native};
+    use host_agent::rdmabench::{RdmaBenchParams, run_native};
     // A path MTU the 1500-byte link cannot carry (the command line refuses it; the library
     // lets it through): the server fails as it connects its QP, before it answers the
     // client's connection message. Its OS B then closes the exchange connection, as a
     // kernel closes an exiting process's sockets, so the client learns of it at once rather
     // than after the stall timeout (60 s).
     let params = RdmaBenchParams {
-        test: Test::WriteBw,
-        size: 4096,
-        iters: 10,
-        loss: 0.0,
         mtu: roce::verbs::Mtu::Mtu2048,
-        qp_timeout: None,
-        retry_cnt: apps::rdma::DEFAULT_RETRY_CNT,
-        stall_timeout: 0,
-        path: RdmaPath::Switch,
+        ..RdmaBenchParams::new(Test::WriteBw, 4096, 10)
     };
     let started = std::time::Instant::now();
     let (report, logs) = run_native(&params, std::time::Duration::from_millis(1), false).unwrap();
@@ -596,20 +577,13 @@ fn a_client_that_ends_mid_test_ends_its_server_at_once() {
 
 #[test]
 fn rdma_survives_heavy_loss_natively() {
-    use host_agent::rdmabench::{RdmaBenchParams, RdmaPath, run_native};
+    use host_agent::rdmabench::{RdmaBenchParams, run_native};
     // 15% of frames lost each way: the connection exchange over TCP and most messages are
     // resent in part, NAKs and ACKs are lost too, and every message still arrives once,
     // intact, in order (the server checks each SEND's pattern and count).
     let params = RdmaBenchParams {
-        test: apps::rdma::Test::SendBw,
-        size: 4096,
-        iters: 300,
         loss: 0.15,
-        mtu: roce::verbs::Mtu::Mtu1024,
-        qp_timeout: None,
-        retry_cnt: apps::rdma::DEFAULT_RETRY_CNT,
-        stall_timeout: 0,
-        path: RdmaPath::Switch,
+        ..RdmaBenchParams::new(apps::rdma::Test::SendBw, 4096, 300)
     };
     let (report, logs) = run_native(&params, std::time::Duration::from_millis(1), false).unwrap();
     assert!(report.verified, "{report:#?} {logs:?}");

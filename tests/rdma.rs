@@ -8,21 +8,14 @@ use std::time::Duration;
 
 use apps::rdma::Test;
 use duovm_tests::{config, kvm_available, workload};
-use host_agent::rdmabench::{RdmaBenchParams, RdmaPath, run_vms};
+use host_agent::rdmabench::{RdmaBenchParams, run_vms};
 use roce::verbs::Mtu;
 use shm_ring::bootinfo::WorkloadKind;
 
 fn params(test: Test, size: u32, iters: u32, loss: f64) -> RdmaBenchParams {
     RdmaBenchParams {
-        test,
-        size,
-        iters,
         loss,
-        mtu: Mtu::Mtu1024,
-        qp_timeout: None,
-        retry_cnt: apps::rdma::DEFAULT_RETRY_CNT,
-        stall_timeout: 0,
-        path: RdmaPath::Switch,
+        ..RdmaBenchParams::new(test, size, iters)
     }
 }
 

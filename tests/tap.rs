@@ -178,15 +178,8 @@ fn rdma_runs_between_two_vms_through_a_linux_bridge() {
     let ns = NetNs::new("rv");
     let hello = workload(WorkloadKind::Hello, &[]);
     let params = RdmaBenchParams {
-        test: Test::WriteLat,
-        size: 64,
-        iters: 10,
-        loss: 0.0,
-        mtu: roce::verbs::Mtu::Mtu1024,
-        qp_timeout: None,
-        retry_cnt: apps::rdma::DEFAULT_RETRY_CNT,
-        stall_timeout: 0,
         path: RdmaPath::Tap,
+        ..RdmaBenchParams::new(Test::WriteLat, 64, 10)
     };
     let (report, runs) = ns.run_inside(|| {
         run_vms(

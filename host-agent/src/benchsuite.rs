@@ -34,7 +34,7 @@ use serde::Serialize;
 
 use crate::native::NativeError;
 use crate::netbench::{self, NetBenchError, NetBenchParams, NetBenchReport, NetPath};
-use crate::rdmabench::{self, RdmaBenchParams, RdmaBenchReport, RdmaPath};
+use crate::rdmabench::{self, RdmaBenchParams, RdmaBenchReport};
 use crate::vm::{VmConfig, VmError};
 
 /// UDP payload compared with RDMA WRITE: one RoCE packet's payload at [`RDMA_MTU`].
@@ -423,15 +423,8 @@ pub fn run(
         net(Transport::Tcp, TCP_SIZE, params.tcp_count, params.rtt_count),
     ];
     let rdma = |test, size, iters| RdmaBenchParams {
-        test,
-        size,
-        iters,
-        loss: 0.0,
         mtu: RDMA_MTU,
-        qp_timeout: None,
-        retry_cnt: apps::rdma::DEFAULT_RETRY_CNT,
-        stall_timeout: 0,
-        path: RdmaPath::Switch,
+        ..RdmaBenchParams::new(test, size, iters)
     };
     let write_bw_params = rdma(Test::WriteBw, RDMA_SIZE, params.rdma_iters);
     let udp_rtt_params = net(Transport::Udp, SMALL_SIZE, 0, params.rtt_count);

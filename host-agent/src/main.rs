@@ -1301,17 +1301,7 @@ fn demo(args: &DemoArgs) -> Result<bool> {
         (Test::ReadLat, 64, 20),
         (Test::AtomicLat, 8, 20),
     ] {
-        let params = RdmaBenchParams {
-            test,
-            size,
-            iters,
-            loss: 0.0,
-            mtu: Mtu::Mtu1024,
-            qp_timeout: None,
-            retry_cnt: apps::rdma::DEFAULT_RETRY_CNT,
-            stall_timeout: 0,
-            path: RdmaPath::Switch,
-        };
+        let params = RdmaBenchParams::new(test, size, iters);
         host_agent::interrupt::check()?;
         let config = args.vm.config(images.clone(), [Workload::default(); 2])?;
         let (report, runs) = rdmabench::run_vms(

@@ -149,6 +149,23 @@ fn tap_link(params: &RdmaBenchParams) -> Result<Option<TapLink>, TapLinkError> {
 pub const VM_QP_TIMEOUT: u8 = 20;
 
 impl RdmaBenchParams {
+    /// `iters` messages of `size` bytes of `test` on the built-in switch, with the defaults
+    /// for everything else: no loss, MTU 1024, the default ACK timeout, unlimited retries and
+    /// the default stall timeout.
+    pub fn new(test: Test, size: u32, iters: u32) -> RdmaBenchParams {
+        RdmaBenchParams {
+            test,
+            size,
+            iters,
+            loss: 0.0,
+            mtu: Mtu::Mtu1024,
+            qp_timeout: None,
+            retry_cnt: apps::rdma::DEFAULT_RETRY_CNT,
+            stall_timeout: 0,
+            path: RdmaPath::Switch,
+        }
+    }
+
     /// The local ACK timeout for a run in VMs (`vm`) or natively.
     pub fn qp_timeout(&self, vm: bool) -> u8 {
         self.qp_timeout.unwrap_or(if vm {
@@ -406,17 +423,7 @@ mod tests {
 
     #[test]
     fn figures_a_guest_published_add_up_without_overflow() {
-        let params = RdmaBenchParams {
-            test: Test::WriteBw,
-            size: 4096,
-            iters: 10,
-            loss: 0.0,
-            mtu: Mtu::Mtu1024,
-            qp_timeout: None,
-            retry_cnt: apps::rdma::DEFAULT_RETRY_CNT,
-            stall_timeout: 0,
-            path: RdmaPath::Switch,
-        };
+        let params = RdmaBenchParams::new(Test::WriteBw, 4096, 10);
         let hostile = TestReport {
             messages: u64::MAX,
             bytes: u64::MAX,
