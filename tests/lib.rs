@@ -6,7 +6,7 @@ use std::sync::OnceLock;
 use std::time::Duration;
 
 use host_agent::images;
-use host_agent::vm::{RunReport, Vm, VmConfig};
+use host_agent::vm::{EndRequest, RunReport, Vm, VmConfig};
 use shm_ring::bootinfo::{NetConfig, Workload, WorkloadKind};
 use shm_ring::layout::MemoryMap;
 use shm_ring::shared::SharedConfig;
@@ -58,6 +58,7 @@ pub fn config(workloads: [Workload; 2]) -> VmConfig {
         net: NetConfig::default(),
         echo_serial: true,
         measure_exits: false,
+        end: EndRequest::default(),
     }
 }
 

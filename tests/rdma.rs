@@ -9,8 +9,10 @@ use std::time::Duration;
 use apps::rdma::Test;
 use duovm_tests::{config, kvm_available, workload};
 use host_agent::rdmabench::{RdmaBenchParams, run_vms};
+use host_agent::vcpu::OsEnd;
 use roce::verbs::Mtu;
 use shm_ring::bootinfo::WorkloadKind;
+use shm_ring::layout::Role;
 
 fn params(test: Test, size: u32, iters: u32, loss: f64) -> RdmaBenchParams {
     RdmaBenchParams {
@@ -153,6 +155,56 @@ fn a_vm_whose_application_fails_closes_its_connections_and_its_peer_fails_at_onc
         "took {:?}",
         started.elapsed()
     );
+}
+
+#[test]
+fn vms_asked_to_end_end_their_test_in_order_with_what_it_measured() {
+    if !kvm_available("vms_asked_to_end_end_their_test_in_order_with_what_it_measured") {
+        return;
+    }
+    // A write_bw far too long to finish, asked to end 20 s in, as Ctrl-C asks: each OS A
+    // answers the host's request, stops its test and publishes what it did; each OS B closes
+    // the exchange connection with a FIN and ends by itself. Nothing is stopped by force.
+    let hello = workload(WorkloadKind::Hello, &[]);
+    let base = config([hello, hello]);
+    let end = base.end.clone();
+    let asker = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_secs(20));
+        end.request();
+        std::time::Instant::now()
+    });
+    let (report, runs) = run_vms(
+        &base,
+        &params(Test::WriteBw, 4096, 100_000_000, 0.0),
+        Duration::from_secs(240),
+        None,
+    )
+    .unwrap();
+    let took = asker.join().expect("the asking thread").elapsed();
+    assert!(took < Duration::from_secs(20), "took {took:?} to end");
+    assert!(!report.verified, "{report:#?}");
+    assert!(report.figures.messages > 0, "{report:#?}");
+    let error = report.error.as_deref().unwrap_or_default();
+    assert!(error.contains(": stopped "), "{report:#?}");
+    for run in &runs {
+        assert!(run.end_requested && !run.timed_out, "{run:#?}");
+        let a = run.os(Role::A);
+        assert!(matches!(a.end, OsEnd::Exited { .. }), "{a:#?}");
+        assert!(
+            a.serial_lines
+                .iter()
+                .any(|line| line.contains("failed: stopped ")),
+            "{a:#?}"
+        );
+        let b = run.os(Role::B);
+        assert!(b.success, "{b:#?}");
+        assert!(
+            b.serial_lines
+                .iter()
+                .any(|line| line.starts_with("net: OS A's connections closed: 1 with a FIN")),
+            "{b:#?}"
+        );
+    }
 }
 
 #[test]

@@ -140,6 +140,80 @@ fn a_spinning_guest_is_stopped_at_the_timeout() {
     );
 }
 
+/// Runs `config`, asking it to end after `after`; returns the report and how long the run
+/// took from the request.
+fn asked_to_end(
+    config: host_agent::vm::VmConfig,
+    after: Duration,
+) -> (host_agent::vm::RunReport, Duration) {
+    let end = config.end.clone();
+    let asker = std::thread::spawn(move || {
+        std::thread::sleep(after);
+        end.request();
+        Instant::now()
+    });
+    let report = run(&config, Duration::from_secs(120));
+    let asked = asker.join().expect("the asking thread");
+    (report, asked.elapsed())
+}
+
+#[test]
+fn a_guest_that_does_not_answer_the_request_to_end_is_stopped_after_the_answer_timeout() {
+    if !kvm_available(
+        "a_guest_that_does_not_answer_the_request_to_end_is_stopped_after_the_answer_timeout",
+    ) {
+        return;
+    }
+    // OS A spins with interrupts off: it never sees the request.
+    let spin = workload(WorkloadKind::Spin, &[]);
+    let hello = workload(WorkloadKind::Hello, &[]);
+    let (report, took) = asked_to_end(config([spin, hello]), Duration::from_secs(1));
+    assert!(
+        took >= Duration::from_secs(5) && took < Duration::from_secs(15),
+        "{took:?}"
+    );
+    assert!(report.end_requested && !report.timed_out, "{report:#?}");
+    let a = report.os(Role::A);
+    assert!(matches!(a.end, OsEnd::Stopped { .. }), "{a:#?}");
+    assert!(
+        a.summary
+            .starts_with("asked to end, OS A did not answer within 5 s; OS a was stopped"),
+        "{}",
+        a.summary
+    );
+}
+
+#[test]
+fn a_workload_that_cannot_end_in_order_says_so_and_is_stopped_at_once() {
+    if !kvm_available("a_workload_that_cannot_end_in_order_says_so_and_is_stopped_at_once") {
+        return;
+    }
+    // A ring benchmark far too long to finish: OS A's runtime answers for it that it cannot
+    // end in order, and the host stops the VM without waiting for the answer timeout.
+    let params = RingBenchParams {
+        descriptors: 1 << 40,
+        size: 16,
+        batch: 8,
+        hostile_after: None,
+        spin_us: RingBenchParams::DEFAULT_SPIN_US,
+    };
+    let (report, took) = asked_to_end(
+        config(ringbench::workloads(&params)),
+        Duration::from_secs(2),
+    );
+    assert!(took < Duration::from_secs(3), "{took:?}");
+    assert!(report.end_requested, "{report:#?}");
+    for os in &report.oses {
+        assert!(matches!(os.end, OsEnd::Stopped { .. }), "{os:#?}");
+        assert!(
+            os.summary
+                .starts_with("asked to end, OS A answered that its workload cannot;"),
+            "{}",
+            os.summary
+        );
+    }
+}
+
 #[test]
 fn the_ring_moves_100k_verified_descriptors_with_few_ipis() {
     if !kvm_available("the_ring_moves_100k_verified_descriptors_with_few_ipis") {

@@ -11,7 +11,8 @@ use guest_rt::{Platform, println};
 use netsvc::Client;
 use shm_ring::pool::owner_storage_words;
 
-/// The guest as an [`Os`]: the TSC clock, IPIs to wake OS B, `hlt` to wait for its IPI.
+/// The guest as an [`Os`]: the TSC clock, IPIs to wake OS B, `hlt` to wait for its IPI (or the
+/// host's), and the host's end request as the stop.
 #[derive(Debug)]
 pub struct GuestOs {
     peer: Peer,
@@ -37,11 +38,16 @@ impl Os for GuestOs {
             return;
         }
         let token = Peer::ipis_received();
+        let host = guest_rt::control::signals();
         if client.endpoint_mut().rx.prepare_to_sleep() {
             let now = guest_rt::time::now_ns();
             guest_rt::wait_until(
                 deadline_ns.saturating_sub(now).clamp(1_000, 10_000_000),
-                || Peer::ipis_received() != token || guest_rt::time::now_ns() >= deadline_ns,
+                || {
+                    Peer::ipis_received() != token
+                        || guest_rt::control::signals() != host
+                        || guest_rt::time::now_ns() >= deadline_ns
+                },
             );
         }
         client.endpoint_mut().rx.woke_up();
@@ -49,6 +55,10 @@ impl Os for GuestOs {
 
     fn log(&mut self, line: core::fmt::Arguments<'_>) {
         println!("{line}");
+    }
+
+    fn should_stop(&mut self) -> bool {
+        guest_rt::control::end_requested()
     }
 }
 
@@ -81,7 +91,11 @@ pub fn run(
         return Status::Failed;
     };
     peer.wait_ready();
-    match app(&mut GuestOs::new(*peer), &mut client) {
+    // The applications look for a stop, so they can end in order when the host asks.
+    guest_rt::control::handle_end_requests(true);
+    let outcome = app(&mut GuestOs::new(*peer), &mut client);
+    guest_rt::control::handle_end_requests(false);
+    match outcome {
         Outcome::Success => Status::Success,
         Outcome::Failed => Status::Failed,
     }

@@ -21,6 +21,7 @@
 //! it are safe code.
 #![no_std]
 
+pub mod control;
 pub mod cpu;
 pub mod exit;
 mod gdt;
@@ -98,6 +99,7 @@ pub fn boot(boot_info: *const BootInfo) -> ! {
     interrupts::init();
     lapic::init();
     time::init(info.tsc_khz);
+    control::init(&info, role);
     let platform = Platform {
         role,
         boot_info: info,
@@ -117,14 +119,19 @@ fn panic(info: &core::panic::PanicInfo<'_>) -> ! {
 
 /// The control block of an OS in the shared segment.
 pub fn control_block(info: &BootInfo, role: Role) -> shm_ring::control::ControlView {
+    let address = control_address(info, role);
+    // SAFETY: `BootInfo::validate` checked that the control region lies inside the shared
+    // segment, which the host maps for both OSes for the VM's lifetime; the host aligns it.
+    unsafe { shm_ring::control::ControlView::new(address as *mut u8) }
+}
+
+/// The guest address of an OS's control block.
+fn control_address(info: &BootInfo, role: Role) -> u64 {
     let region = match role {
         Role::A => info.shared_layout.control_a,
         Role::B => info.shared_layout.control_b,
     };
-    let address = info.shared_address(region.base);
-    // SAFETY: `BootInfo::validate` checked that the control region lies inside the shared
-    // segment, which the host maps for both OSes for the VM's lifetime; the host aligns it.
-    unsafe { shm_ring::control::ControlView::new(address as *mut u8) }
+    info.shared_address(region.base)
 }
 
 /// Waits, with interrupts enabled, until `done` returns true; halts between checks.

@@ -2,8 +2,8 @@
 //!
 //! The first asks every run in progress to end in order, as the platform's stop does: native
 //! applications see [`apps::Os::should_stop`] and end their tests with what they have, their
-//! OS B closes their connections (so that peers learn of it at once), VMs are stopped by the
-//! supervisor, and the bridges and TAPs made for a run are removed as it returns; the command
+//! OS B closes their connections (so that peers learn of it at once), VMs are asked to end the
+//! same way ([`crate::vm::EndRequest`]: OS A through its control mailbox), and the bridges and TAPs made for a run are removed as it returns; the command
 //! then reports what it has and exits with status 130. A second signal ends the process at
 //! once (the handler gives the signal its default action back when it runs).
 //!
@@ -35,9 +35,17 @@ pub fn install() -> Result<(), nix::Error> {
     Ok(())
 }
 
-/// Whether the user asked the runs to end.
+/// Whether the first to see the request has said so.
+static ANNOUNCED: AtomicBool = AtomicBool::new(false);
+
+/// Whether the user asked the runs to end. The first call that sees the request tells the
+/// user on standard error that the runs are ending, and how to end them at once.
 pub fn requested() -> bool {
-    REQUESTED.load(Ordering::Relaxed)
+    let requested = REQUESTED.load(Ordering::Relaxed);
+    if requested && !ANNOUNCED.swap(true, Ordering::Relaxed) {
+        eprintln!("host-agent: ending in order (Ctrl-C again ends at once)");
+    }
+    requested
 }
 
 /// The error a command that stops between runs returns.

@@ -20,7 +20,7 @@ use host_agent::endpoint::{self, EndpointReport, Figures, Identity};
 use host_agent::netbench::{self, NetBenchParams, NetBenchReport, NetPath, TapPath};
 use host_agent::rdmabench::{self, RdmaBenchParams, RdmaBenchReport, RdmaPath};
 use host_agent::ringbench::{self, RingBenchParams, RingBenchReport};
-use host_agent::vm::{RunReport, Vm, VmConfig};
+use host_agent::vm::{EndRequest, RunReport, Vm, VmConfig};
 use host_agent::{exitbench, images};
 use roce::verbs::Mtu;
 use shm_ring::bootinfo::{NetConfig, Workload, WorkloadKind};
@@ -511,6 +511,7 @@ impl VmArgs {
             net: NetConfig::default(),
             echo_serial: !self.quiet && !self.json,
             measure_exits: false,
+            end: EndRequest::default(),
         })
     }
 

@@ -4,7 +4,10 @@
 //! A, segment B, shared segment) in one memfd, the in-kernel irqchip, both kernels loaded, per-OS
 //! page tables and boot info, and two vCPUs in long mode. [`Vm::run`] starts one thread per vCPU
 //! and makes the calling thread the supervisor: it answers the exits the vCPU threads hand over,
-//! stops the pair when one OS fails, and enforces the timeout.
+//! stops the pair when one OS fails, enforces the timeout, and carries out requests to end
+//! ([`EndRequest`], Ctrl-C): it asks OS A through its control mailbox to end its workload in
+//! order, lets OS B close the connections OS A left, and stops the VM only if they do not end
+//! in time.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -12,7 +15,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, bounded, unbounded};
-use kvm_bindings::{KVM_IRQ_ROUTING_MSI, KvmIrqRouting, kvm_irq_routing_entry};
+use kvm_bindings::{KVM_IRQ_ROUTING_MSI, KvmIrqRouting, kvm_irq_routing_entry, kvm_msi};
 use kvm_bindings::{
     KVM_MAX_CPUID_ENTRIES, KVM_MP_STATE_RUNNABLE, kvm_fpu, kvm_mp_state,
     kvm_userspace_memory_region,
@@ -31,10 +34,11 @@ use serde::Serialize;
 use shm_ring::bootinfo::{
     BOOT_INFO_MAGIC, BOOT_INFO_VERSION, BootInfo, NetConfig, SharedLayout, Workload,
 };
-use shm_ring::control::{CONTROL_BLOCK_SIZE, ControlView};
+use shm_ring::control::{CONTROL_BLOCK_SIZE, ControlView, Reply, Request};
 use shm_ring::layout::{
-    ExitStatus, LAPIC_BASE, LOW_MEMORY_SIZE, MemoryMap, NET_VECTOR, PAGE_SIZE, PAGE_TABLES_SIZE,
-    Region, Role, SUPERVISOR_PROBE_PORT, VIRTIO_MMIO_BASE, VIRTIO_MMIO_SIZE, VIRTIO_NET_GSI,
+    CONTROL_VECTOR, ExitStatus, LAPIC_BASE, LOW_MEMORY_SIZE, MemoryMap, NET_VECTOR, PAGE_SIZE,
+    PAGE_TABLES_SIZE, Region, Role, SUPERVISOR_PROBE_PORT, VIRTIO_MMIO_BASE, VIRTIO_MMIO_SIZE,
+    VIRTIO_NET_GSI,
 };
 use shm_ring::shared::{SharedConfig, SharedError};
 use vmm_sys_util::signal::{Killable, SIGRTMIN, register_signal_handler};
@@ -145,6 +149,27 @@ pub struct VmConfig {
     /// Measure context switches and host time around every exit (slow; for the exit
     /// benchmark).
     pub measure_exits: bool,
+    /// Asks the VMs built from this configuration (and its clones) to end in order.
+    pub end: EndRequest,
+}
+
+/// Asks running VMs to end in order, from another thread, as Ctrl-C does for every VM of the
+/// process: OS A is asked through its control mailbox to end its workload (an application
+/// stops with what it has and reports it), OS B then closes the connections OS A left open and
+/// ends, and a VM whose OSes do not end in time is stopped. Clones share the request.
+#[derive(Clone, Debug, Default)]
+pub struct EndRequest(Arc<AtomicBool>);
+
+impl EndRequest {
+    /// Asks the VMs to end.
+    pub fn request(&self) {
+        self.0.store(true, Ordering::Release);
+    }
+
+    /// Whether the VMs were asked to end (by [`request`](Self::request) or Ctrl-C).
+    pub fn requested(&self) -> bool {
+        self.0.load(Ordering::Acquire) || crate::interrupt::requested()
+    }
 }
 
 /// Stops a running VM from another thread.
@@ -177,6 +202,7 @@ impl std::fmt::Debug for PendingNic {
 pub struct Vm {
     _kvm: Kvm,
     stop: Arc<AtomicBool>,
+    end: EndRequest,
     vm: VmFd,
     bus: Bus,
     nic: Option<PendingNic>,
@@ -225,6 +251,8 @@ pub struct RunReport {
     pub oses: Vec<OsReport>,
     /// Whether the run hit the timeout.
     pub timed_out: bool,
+    /// Whether the VM was asked to end ([`EndRequest`], Ctrl-C) before both OSes ended.
+    pub end_requested: bool,
     /// Wall-clock time of the run.
     pub seconds: f64,
     /// Accesses the supervisor answered for no device.
@@ -247,7 +275,23 @@ impl RunReport {
     }
 }
 
-fn describe(role: Role, end: &OsEnd, timed_out: bool) -> String {
+/// Why the supervisor stopped the vCPUs, for the reports of OSes it stopped.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+enum StopCause {
+    /// An OS failed, or the host asked for a stop.
+    #[default]
+    Requested,
+    /// The run's timeout passed.
+    TimedOut,
+    /// Asked to end, OS A did not answer within [`END_ANSWER_TIMEOUT`].
+    EndUnanswered,
+    /// Asked to end, OS A answered that it cannot.
+    EndRefused,
+    /// Asked to end, the OSes did not end within [`END_GRACE`] (and the wind-down's grace).
+    EndTooSlow,
+}
+
+fn describe(role: Role, end: &OsEnd, cause: StopCause) -> String {
     let os = role.tag();
     match end {
         OsEnd::Exited { status: 0, .. } => format!("OS {os} finished successfully"),
@@ -268,10 +312,25 @@ fn describe(role: Role, end: &OsEnd, timed_out: bool) -> String {
         OsEnd::Fatal { reason, rip } => {
             format!("OS {os} could not go on: {reason} at rip {rip:#x}")
         }
-        OsEnd::Stopped { rip } if timed_out => {
-            format!("OS {os} did not finish before the timeout; stopped at rip {rip:#x}")
-        }
-        OsEnd::Stopped { rip } => format!("OS {os} was stopped by the host at rip {rip:#x}"),
+        OsEnd::Stopped { rip } => match cause {
+            StopCause::Requested => format!("OS {os} was stopped by the host at rip {rip:#x}"),
+            StopCause::TimedOut => {
+                format!("OS {os} did not finish before the timeout; stopped at rip {rip:#x}")
+            }
+            StopCause::EndUnanswered => format!(
+                "asked to end, OS A did not answer within {} s; OS {os} was stopped at rip \
+                 {rip:#x}",
+                END_ANSWER_TIMEOUT.as_secs()
+            ),
+            StopCause::EndRefused => format!(
+                "asked to end, OS A answered that its workload cannot; OS {os} was stopped at \
+                 rip {rip:#x}"
+            ),
+            StopCause::EndTooSlow => format!(
+                "asked to end, OS {os} did not end within {} s; stopped at rip {rip:#x}",
+                (END_GRACE + WIND_DOWN_GRACE).as_secs()
+            ),
+        },
     }
 }
 
@@ -368,6 +427,7 @@ impl Vm {
         Ok(Vm {
             _kvm: kvm,
             stop: Arc::new(AtomicBool::new(false)),
+            end: config.end.clone(),
             vm,
             bus: Bus::new(),
             nic: None,
@@ -523,16 +583,27 @@ impl Vm {
             }
             None => (None, None),
         };
+        let control_a = match self.control(Role::A) {
+            Ok(view) => Some(view),
+            Err(error) => {
+                eprintln!("host-agent: OS A's control block: {error}; it cannot be asked to end");
+                None
+            }
+        };
         let mut supervisor = Supervisor {
             bus: std::mem::take(&mut self.bus),
             stop_requested: self.stop.clone(),
+            end: self.end.clone(),
+            control_a,
             ..Supervisor::default()
         };
+        let vm = &self.vm;
         let outcomes = supervisor.serve(
             &threads,
             &supervisor_receiver,
             &done_receiver,
             started + timeout,
+            &|| signal_control(vm, Role::A),
         );
         for (_, handle) in threads {
             let _ = handle.join();
@@ -546,7 +617,8 @@ impl Vm {
             eprintln!("host-agent: virtio-net worker: {error}");
         }
         let nic = nic.map(|nic| crate::devices::bus::lock_device(&nic).counters());
-        let timed_out = supervisor.timed_out;
+        let cause = supervisor.cause;
+        let timed_out = cause == StopCause::TimedOut;
         let mut oses = Vec::new();
         for outcome in outcomes {
             let report = self
@@ -555,7 +627,7 @@ impl Vm {
                 .unwrap_or_default();
             oses.push(OsReport {
                 os: outcome.role.tag(),
-                summary: describe(outcome.role, &outcome.end, timed_out),
+                summary: describe(outcome.role, &outcome.end, cause),
                 success: matches!(outcome.end, OsEnd::Exited { status: 0, .. }),
                 end: outcome.end,
                 exits: outcome.counters.summary(),
@@ -571,6 +643,7 @@ impl Vm {
         Ok(RunReport {
             oses,
             timed_out,
+            end_requested: supervisor.end_asked,
             seconds: started.elapsed().as_secs_f64(),
             unhandled_accesses: supervisor.unhandled,
             tsc_khz: self.tsc_khz,
@@ -661,10 +734,48 @@ fn prepare_os(
 struct Supervisor {
     bus: Bus,
     stop_requested: Arc<AtomicBool>,
+    end: EndRequest,
+    /// OS A's control block, for the end request.
+    control_a: Option<ControlView>,
+    /// Whether the VM was asked to end before both OSes had.
+    end_asked: bool,
     probes: u64,
-    timed_out: bool,
+    cause: StopCause,
     unhandled: u64,
     logged: u64,
+}
+
+/// Sends OS `role` the control-mailbox interrupt (an MSI to its local APIC). Failing is not
+/// fatal: the OS looks at its mailbox whenever its workload checks for a stop.
+fn signal_control(vm: &VmFd, role: Role) {
+    let msi = kvm_msi {
+        address_lo: (LAPIC_BASE as u32) | (role.vcpu_index() << 12),
+        data: u32::from(CONTROL_VECTOR),
+        ..Default::default()
+    };
+    if let Err(error) = vm.signal_msi(msi) {
+        eprintln!("host-agent: cannot signal OS {}: {error}", role.tag());
+    }
+}
+
+/// How long OS A has to answer the request to end before the VM is stopped: its workload looks
+/// at the mailbox whenever it checks for a stop (in guests whose instructions are emulated,
+/// every few milliseconds).
+const END_ANSWER_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How long OS A has to end once it accepted the request to end; OS B then has
+/// [`WIND_DOWN_GRACE`] to close OS A's connections.
+const END_GRACE: Duration = Duration::from_secs(10);
+
+/// Where an end request stands.
+#[derive(Clone, Copy, Debug)]
+enum Ending {
+    /// OS A was asked (request `sequence`, at `since`).
+    Asked { sequence: u32, since: Instant },
+    /// OS A accepted at `since`.
+    Accepted { since: Instant },
+    /// OS A has ended; OS B winds down.
+    WindingDown,
 }
 
 /// How long OS B may take to close OS A's connections after OS A's application failed before
@@ -683,6 +794,19 @@ impl Supervisor {
                 let _ = handle.kill(kick_signal());
             }
         }
+    }
+
+    /// Stops both vCPUs (those still running) for `cause`.
+    fn stop(
+        &mut self,
+        cause: StopCause,
+        threads: &[(Arc<AtomicBool>, JoinHandle<()>)],
+        finished: &[bool; 2],
+        stopping: &mut bool,
+    ) {
+        self.cause = cause;
+        *stopping = true;
+        Self::stop_all(threads, finished);
     }
 
     fn answer(&mut self, role: Role, request: SupervisorRequest) -> u64 {
@@ -758,27 +882,78 @@ impl Supervisor {
         requests: &Receiver<SupervisorMessage>,
         done: &Receiver<VcpuOutcome>,
         deadline: Instant,
+        signal_a: &dyn Fn(),
     ) -> Vec<VcpuOutcome> {
         let mut outcomes: Vec<Option<VcpuOutcome>> = vec![None, None];
         let mut finished = [false; 2];
         let mut stopping = false;
         // When OS B, left to close OS A's connections after OS A failed, is stopped anyway.
         let mut wind_down_until: Option<Instant> = None;
+        let mut ending: Option<Ending> = None;
+        let a = Role::A.vcpu_index() as usize;
         while outcomes.iter().any(Option::is_none) {
             let now = Instant::now();
-            let stop_requested =
-                self.stop_requested.load(Ordering::Acquire) || crate::interrupt::requested();
             if !stopping && wind_down_until.is_some_and(|until| now >= until) {
-                stopping = true;
-                Self::stop_all(threads, &finished);
+                self.stop(
+                    if ending.is_some() {
+                        StopCause::EndTooSlow
+                    } else {
+                        StopCause::Requested
+                    },
+                    threads,
+                    &finished,
+                    &mut stopping,
+                );
             }
-            if !stopping && (stop_requested || now >= deadline) {
+            if !stopping && self.stop_requested.load(Ordering::Acquire) {
+                self.stop(StopCause::Requested, threads, &finished, &mut stopping);
+            }
+            if !stopping && now >= deadline {
                 // Checked on every message too, so a flood of exits cannot hold off the end.
-                self.timed_out = !stop_requested;
-                stopping = true;
-                Self::stop_all(threads, &finished);
+                self.stop(StopCause::TimedOut, threads, &finished, &mut stopping);
             }
-            // Wake at least every 20 ms: to re-kick while stopping, and to see a stop request.
+            if !stopping && ending.is_none() && self.end.requested() {
+                self.end_asked = true;
+                ending = Some(if finished[a] {
+                    // OS B is already closing what OS A left.
+                    wind_down_until.get_or_insert(now + WIND_DOWN_GRACE);
+                    Ending::WindingDown
+                } else if let Some(control) = self.control_a {
+                    let sequence = control.post_request(Request::End);
+                    signal_a();
+                    Ending::Asked {
+                        sequence,
+                        since: now,
+                    }
+                } else {
+                    self.stop(StopCause::EndUnanswered, threads, &finished, &mut stopping);
+                    Ending::WindingDown
+                });
+            }
+            match (ending, self.control_a) {
+                _ if stopping => {}
+                (Some(Ending::Asked { sequence, since }), Some(control)) => {
+                    match control.reply_to(sequence).map(Reply::from_u32) {
+                        Some(Some(Reply::Accepted)) => {
+                            ending = Some(Ending::Accepted { since: now });
+                        }
+                        // A reply the host does not know counts as a refusal.
+                        Some(_) => {
+                            self.stop(StopCause::EndRefused, threads, &finished, &mut stopping)
+                        }
+                        None if now >= since + END_ANSWER_TIMEOUT => {
+                            self.stop(StopCause::EndUnanswered, threads, &finished, &mut stopping);
+                        }
+                        None => {}
+                    }
+                }
+                (Some(Ending::Accepted { since }), _) if now >= since + END_GRACE => {
+                    self.stop(StopCause::EndTooSlow, threads, &finished, &mut stopping);
+                }
+                _ => {}
+            }
+            // Wake at least every 20 ms: to re-kick while stopping, to see a stop request and
+            // OS A's answer.
             let wait = deadline
                 .saturating_duration_since(now)
                 .min(Duration::from_millis(20));
@@ -802,13 +977,20 @@ impl Supervisor {
                             outcome.end,
                             OsEnd::Exited { status, .. } if status == ExitStatus::Failed as u32
                         );
+                    let role = outcome.role;
                     outcomes[index] = Some(outcome);
-                    if failed && !stopping {
+                    if stopping {
+                        continue;
+                    }
+                    if role == Role::A && ending.is_some() && (orderly || !failed) {
+                        // Asked to end, OS A did; OS B closes what it left and ends by itself.
+                        ending = Some(Ending::WindingDown);
+                        wind_down_until = Some(Instant::now() + WIND_DOWN_GRACE);
+                    } else if failed {
                         if orderly {
                             wind_down_until = Some(Instant::now() + WIND_DOWN_GRACE);
                         } else {
-                            stopping = true;
-                            Self::stop_all(threads, &finished);
+                            self.stop(StopCause::Requested, threads, &finished, &mut stopping);
                         }
                     }
                 }

@@ -7,10 +7,16 @@
 //!   the peer may now signal it), done or failed;
 //! - `report`, written by the OS: counters of the running workload (see [`report`] for the
 //!   meaning of each slot), which the host reads when the OS says it published one;
-//! - `request` / `reply`: the host's mailbox (a sequence number per direction).
+//! - the host's mailbox ([`Request`], [`Reply`]): the host writes a request and bumps
+//!   `request_sequence`, then signals the OS with [`CONTROL_VECTOR`]; the OS answers by writing
+//!   its reply and setting `reply_sequence` to the request's sequence number. One request is
+//!   outstanding at a time; the host gives up on an OS that does not answer in time.
 //!
 //! Every field is an atomic in guest memory and is read through [`ControlView`], which never
-//! forms a reference to memory outside the block. Values read by the host are untrusted.
+//! forms a reference to memory outside the block. Values read by the host are untrusted, and so
+//! are the requests an OS reads: an unknown request is answered with [`Reply::Unsupported`].
+//!
+//! [`CONTROL_VECTOR`]: crate::layout::CONTROL_VECTOR
 
 use core::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
@@ -45,6 +51,56 @@ impl OsState {
             _ => None,
         }
     }
+}
+
+/// What the host asks of an OS through its mailbox.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u32)]
+pub enum Request {
+    /// End the workload in order, as a process ends on SIGTERM: the application stops with
+    /// what it has done and reports it, and the OS ends; OS B then closes the connections
+    /// OS A left open.
+    End = 1,
+}
+
+impl Request {
+    /// The request for a raw value, if it is one.
+    pub const fn from_u32(value: u32) -> Option<Request> {
+        match value {
+            1 => Some(Request::End),
+            _ => None,
+        }
+    }
+}
+
+/// How an OS answered a request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u32)]
+pub enum Reply {
+    /// The OS does what was asked (for [`Request::End`]: it is ending).
+    Accepted = 1,
+    /// The OS does not know the request, or its workload cannot do it.
+    Unsupported = 2,
+}
+
+impl Reply {
+    /// The reply for a raw value, if it is one.
+    pub const fn from_u32(value: u32) -> Option<Reply> {
+        match value {
+            1 => Some(Reply::Accepted),
+            2 => Some(Reply::Unsupported),
+            _ => None,
+        }
+    }
+}
+
+/// A request the host made and the OS has not answered yet.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Pending {
+    /// Its sequence number, to answer with.
+    pub sequence: u32,
+    /// The raw request (untrusted: see [`Request::from_u32`]).
+    pub request: u32,
 }
 
 /// Meaning of each report slot.
@@ -118,6 +174,11 @@ pub struct ControlBlock {
     pub reply_sequence: AtomicU32,
     /// Workload counters, written by the OS; see [`report`].
     pub report: [AtomicU64; REPORT_SLOTS],
+    /// The host's latest [`Request`], written by the host before it bumps `request_sequence`.
+    pub request: AtomicU32,
+    /// The OS's [`Reply`] to the request `reply_sequence` names, written by the OS before it
+    /// sets `reply_sequence`.
+    pub reply: AtomicU32,
 }
 
 const _: () = assert!(size_of::<ControlBlock>() as u64 <= CONTROL_BLOCK_SIZE);
@@ -190,6 +251,43 @@ impl ControlView {
     pub fn reports(&self) -> [u64; REPORT_SLOTS] {
         core::array::from_fn(|slot| self.report(slot))
     }
+
+    /// Host: writes `request` into the mailbox and returns its sequence number. The caller
+    /// then signals the OS ([`CONTROL_VECTOR`](crate::layout::CONTROL_VECTOR)). A request
+    /// still unanswered is replaced.
+    pub fn post_request(&self, request: Request) -> u32 {
+        let block = self.block();
+        block.request.store(request as u32, Ordering::Relaxed);
+        block
+            .request_sequence
+            .fetch_add(1, Ordering::Release)
+            .wrapping_add(1)
+    }
+
+    /// Host: the OS's raw reply to request `sequence`, once it answered it (untrusted: see
+    /// [`Reply::from_u32`]).
+    pub fn reply_to(&self, sequence: u32) -> Option<u32> {
+        let block = self.block();
+        (block.reply_sequence.load(Ordering::Acquire) == sequence)
+            .then(|| block.reply.load(Ordering::Relaxed))
+    }
+
+    /// OS: the host's request, if one waits for an answer.
+    pub fn pending_request(&self) -> Option<Pending> {
+        let block = self.block();
+        let sequence = block.request_sequence.load(Ordering::Acquire);
+        (sequence != block.reply_sequence.load(Ordering::Relaxed)).then(|| Pending {
+            sequence,
+            request: block.request.load(Ordering::Relaxed),
+        })
+    }
+
+    /// OS: answers request `sequence` with `reply`.
+    pub fn answer(&self, sequence: u32, reply: Reply) {
+        let block = self.block();
+        block.reply.store(reply as u32, Ordering::Relaxed);
+        block.reply_sequence.store(sequence, Ordering::Release);
+    }
 }
 
 #[cfg(test)]
@@ -211,5 +309,52 @@ mod tests {
         assert_eq!(view.report(REPORT_SLOTS + 5), 0);
         assert_eq!(view.report_sequence(), 1);
         assert_eq!(OsState::from_u32(7), None);
+    }
+
+    #[test]
+    fn the_mailbox_carries_one_request_and_its_answer() {
+        let mut memory = vec![0u64; CONTROL_BLOCK_SIZE as usize / 8];
+        // SAFETY: the vector is aligned, large enough and outlives the view.
+        let view = unsafe { ControlView::new(memory.as_mut_ptr().cast()) };
+        assert_eq!(view.pending_request(), None);
+        let sequence = view.post_request(Request::End);
+        assert_eq!(view.reply_to(sequence), None);
+        let pending = view.pending_request().unwrap();
+        assert_eq!(pending.sequence, sequence);
+        assert_eq!(Request::from_u32(pending.request), Some(Request::End));
+        view.answer(pending.sequence, Reply::Accepted);
+        assert_eq!(view.pending_request(), None);
+        assert_eq!(
+            view.reply_to(sequence).and_then(Reply::from_u32),
+            Some(Reply::Accepted)
+        );
+        // The next request is a new one; the old answer does not answer it.
+        let next = view.post_request(Request::End);
+        assert_ne!(next, sequence);
+        assert_eq!(view.reply_to(next), None);
+        assert_eq!(view.pending_request().map(|p| p.sequence), Some(next));
+    }
+
+    #[test]
+    fn values_the_other_side_scribbled_are_told_apart() {
+        let mut memory = vec![0u64; CONTROL_BLOCK_SIZE as usize / 8];
+        // SAFETY: the vector is aligned, large enough and outlives the view.
+        let view = unsafe { ControlView::new(memory.as_mut_ptr().cast()) };
+        let block = view.block();
+        // A request the OS does not know.
+        block.request.store(77, Ordering::Relaxed);
+        block.request_sequence.store(u32::MAX, Ordering::Relaxed);
+        let pending = view.pending_request().unwrap();
+        assert_eq!(Request::from_u32(pending.request), None);
+        view.answer(pending.sequence, Reply::Unsupported);
+        // The sequence wraps.
+        assert_eq!(view.post_request(Request::End), 0);
+        // A reply the host does not know, to a request it did not make.
+        block.reply.store(9, Ordering::Relaxed);
+        block.reply_sequence.store(5, Ordering::Relaxed);
+        assert_eq!(view.reply_to(0), None);
+        assert_eq!(view.reply_to(5).and_then(Reply::from_u32), None);
+        assert_eq!(Request::from_u32(0), None);
+        assert_eq!(Reply::from_u32(0), None);
     }
 }
