@@ -1,5 +1,6 @@
 //! `host-agent rdma-bench` as a script runs it: one JSON object, the exit status, and a
-//! failure that says why in the `error` key. Native mode needs neither KVM nor a TAP.
+//! failure that says why in the `error` key; and Ctrl-C, natively, through TAPs and between
+//! VMs. Native mode needs neither KVM nor a TAP; the VM test skips loudly without KVM.
 
 use std::process::Command;
 
@@ -168,4 +169,86 @@ fn may_make_taps() -> bool {
         .and_then(|caps| u64::from_str_radix(caps.trim(), 16).ok())
         .is_some_and(|caps| caps & (1 << 12) != 0);
     net_admin && std::path::Path::new("/dev/net/tun").exists()
+}
+
+#[test]
+fn ctrl_c_ends_a_run_between_vms_in_order_with_what_it_measured() {
+    use std::io::{BufRead, BufReader};
+    use std::time::{Duration, Instant};
+
+    use nix::sys::signal::{Signal, kill};
+    use nix::unistd::Pid;
+    if !host_agent::vm::kvm_usable() {
+        eprintln!(
+            "!!!! SKIPPED ctrl_c_ends_a_run_between_vms_in_order_with_what_it_measured: /dev/kvm is not usable !!!!"
+        );
+        return;
+    }
+    // Shown as the text report (the guests' logs on standard error), so that Ctrl-C comes
+    // once both VMs are connected and moving data.
+    let mut child = Command::new(env!("CARGO_BIN_EXE_host-agent"))
+        .args(["rdma-bench", "--test", "write-bw", "--size", "4096"])
+        .args(["--iters", "100000000"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run host-agent rdma-bench");
+    let (connected, lines) = std::sync::mpsc::channel();
+    let stderr = child.stderr.take().expect("standard error");
+    let reader = std::thread::spawn(move || {
+        let mut all = String::new();
+        let mut connections = 0;
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if line.starts_with("[a] rdma: connected to QPN") {
+                connections += 1;
+                if connections == 2 {
+                    let _ = connected.send(());
+                }
+            }
+            all.push_str(&line);
+            all.push('\n');
+        }
+        all
+    });
+    let waited = lines.recv_timeout(Duration::from_secs(180));
+    // Some data moves first.
+    std::thread::sleep(Duration::from_secs(3));
+    kill(Pid::from_raw(child.id() as i32), Signal::SIGINT).expect("send SIGINT");
+    let asked = Instant::now();
+    let output = child.wait_with_output().expect("wait for host-agent");
+    let took = asked.elapsed();
+    let stderr = reader.join().expect("the reading thread");
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert!(waited.is_ok(), "the VMs never connected:\n{stderr}");
+    assert!(took < Duration::from_secs(20), "took {took:?} to end");
+    assert_eq!(output.status.code(), Some(130), "{stdout}\n{stderr}");
+    assert!(
+        stderr.contains("host-agent: ending in order (Ctrl-C again ends at once)\n")
+            && stderr.contains("host-agent: interrupted\n"),
+        "{stderr}"
+    );
+    // Each OS A stopped its test, each OS B closed the exchange connection and ended by
+    // itself: no VM was stopped by force.
+    assert_eq!(stderr.matches("failed: stopped ").count(), 2, "{stderr}");
+    assert_eq!(
+        stderr
+            .matches("[b] net: OS A's connections closed: 1 with a FIN")
+            .count(),
+        2,
+        "{stderr}"
+    );
+    assert!(
+        stdout.contains("OS b finished successfully") && !stdout.contains("was stopped"),
+        "{stdout}"
+    );
+    // What it measured up to then.
+    let messages: u64 = stdout
+        .lines()
+        .find_map(|line| line.strip_prefix("rdma: write_bw (vm), "))
+        .and_then(|rest| rest.split(" x ").next())
+        .and_then(|count| count.parse().ok())
+        .unwrap_or_else(|| panic!("no report line: {stdout}"));
+    assert!(messages > 0, "{stdout}");
+    assert!(stdout.contains("rdma: failed, "), "{stdout}");
+    assert!(stdout.contains(": stopped "), "{stdout}");
 }
