@@ -768,14 +768,36 @@ const END_ANSWER_TIMEOUT: Duration = Duration::from_secs(5);
 const END_GRACE: Duration = Duration::from_secs(10);
 
 /// Where an end request stands.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Ending {
     /// OS A was asked (request `sequence`, at `since`).
     Asked { sequence: u32, since: Instant },
     /// OS A accepted at `since`.
     Accepted { since: Instant },
-    /// OS A has ended; OS B winds down.
+    /// OS A has ended; OS B winds down (the wind-down's own grace applies).
     WindingDown,
+}
+
+impl Ending {
+    /// The state at `now`, given `reply_to` (OS A's raw reply to a request, once it answered
+    /// it: untrusted), or why the VM must be stopped. A reply the host does not know counts
+    /// as a refusal.
+    fn next(
+        self,
+        now: Instant,
+        reply_to: impl FnOnce(u32) -> Option<u32>,
+    ) -> Result<Ending, StopCause> {
+        match self {
+            Ending::Asked { sequence, since } => match reply_to(sequence).map(Reply::from_u32) {
+                Some(Some(Reply::Accepted)) => Ok(Ending::Accepted { since: now }),
+                Some(_) => Err(StopCause::EndRefused),
+                None if now >= since + END_ANSWER_TIMEOUT => Err(StopCause::EndUnanswered),
+                None => Ok(self),
+            },
+            Ending::Accepted { since } if now >= since + END_GRACE => Err(StopCause::EndTooSlow),
+            other => Ok(other),
+        }
+    }
 }
 
 /// How long OS B may take to close OS A's connections after OS A's application failed before
@@ -930,27 +952,12 @@ impl Supervisor {
                     Ending::WindingDown
                 });
             }
-            match (ending, self.control_a) {
-                _ if stopping => {}
-                (Some(Ending::Asked { sequence, since }), Some(control)) => {
-                    match control.reply_to(sequence).map(Reply::from_u32) {
-                        Some(Some(Reply::Accepted)) => {
-                            ending = Some(Ending::Accepted { since: now });
-                        }
-                        // A reply the host does not know counts as a refusal.
-                        Some(_) => {
-                            self.stop(StopCause::EndRefused, threads, &finished, &mut stopping)
-                        }
-                        None if now >= since + END_ANSWER_TIMEOUT => {
-                            self.stop(StopCause::EndUnanswered, threads, &finished, &mut stopping);
-                        }
-                        None => {}
-                    }
+            if !stopping && let Some(current) = ending {
+                let control = self.control_a;
+                match current.next(now, |sequence| control?.reply_to(sequence)) {
+                    Ok(next) => ending = Some(next),
+                    Err(cause) => self.stop(cause, threads, &finished, &mut stopping),
                 }
-                (Some(Ending::Accepted { since }), _) if now >= since + END_GRACE => {
-                    self.stop(StopCause::EndTooSlow, threads, &finished, &mut stopping);
-                }
-                _ => {}
             }
             // Wake at least every 20 ms: to re-kick while stopping, to see a stop request and
             // OS A's answer.
@@ -1003,5 +1010,75 @@ impl Supervisor {
             }
         }
         outcomes.into_iter().flatten().collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SEQUENCE: u32 = 7;
+
+    fn asked(since: Instant) -> Ending {
+        Ending::Asked {
+            sequence: SEQUENCE,
+            since,
+        }
+    }
+
+    /// OS A's reply to request [`SEQUENCE`] only.
+    fn replies(reply: u32) -> impl Fn(u32) -> Option<u32> {
+        move |sequence| (sequence == SEQUENCE).then_some(reply)
+    }
+
+    #[test]
+    fn an_accepted_end_request_waits_for_os_a_then_gives_up() {
+        let start = Instant::now();
+        let now = start + Duration::from_millis(30);
+        let accepted = asked(start).next(now, replies(Reply::Accepted as u32));
+        assert_eq!(accepted, Ok(Ending::Accepted { since: now }));
+        let accepted = accepted.unwrap();
+        // Once accepted, the mailbox is not read again.
+        let unread = |_| panic!("read the mailbox after the answer");
+        assert_eq!(
+            accepted.next(now + END_GRACE - Duration::from_millis(1), unread),
+            Ok(accepted)
+        );
+        assert_eq!(
+            accepted.next(now + END_GRACE, unread),
+            Err(StopCause::EndTooSlow)
+        );
+        // OS A ended in time: OS B's wind-down has its own grace, kept by the supervisor.
+        assert_eq!(
+            Ending::WindingDown.next(now + END_GRACE * 10, unread),
+            Ok(Ending::WindingDown)
+        );
+    }
+
+    #[test]
+    fn an_unanswered_end_request_stops_the_vm_after_the_answer_timeout() {
+        let start = Instant::now();
+        let silent = |_| None;
+        let waiting = start + END_ANSWER_TIMEOUT - Duration::from_millis(1);
+        assert_eq!(asked(start).next(waiting, silent), Ok(asked(start)));
+        assert_eq!(
+            asked(start).next(start + END_ANSWER_TIMEOUT, silent),
+            Err(StopCause::EndUnanswered)
+        );
+        // An answer to an older request does not answer this one.
+        let stale = |sequence| (sequence == SEQUENCE - 1).then_some(Reply::Accepted as u32);
+        assert_eq!(asked(start).next(waiting, stale), Ok(asked(start)));
+    }
+
+    #[test]
+    fn a_refusal_or_a_reply_the_host_does_not_know_stops_the_vm_at_once() {
+        let start = Instant::now();
+        for reply in [Reply::Unsupported as u32, 0, 3, u32::MAX] {
+            assert_eq!(
+                asked(start).next(start, replies(reply)),
+                Err(StopCause::EndRefused),
+                "reply {reply}"
+            );
+        }
     }
 }
