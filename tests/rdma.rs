@@ -157,19 +157,21 @@ fn a_vm_whose_application_fails_closes_its_connections_and_its_peer_fails_at_onc
     );
 }
 
-#[test]
-fn vms_asked_to_end_end_their_test_in_order_with_what_it_measured() {
-    if !kvm_available("vms_asked_to_end_end_their_test_in_order_with_what_it_measured") {
-        return;
-    }
-    // A write_bw far too long to finish, asked to end 20 s in, as Ctrl-C asks: each OS A
-    // answers the host's request, stops its test and publishes what it did; each OS B closes
-    // the exchange connection with a FIN and ends by itself. Nothing is stopped by force.
+/// Runs a `write_bw` far too long to finish between two VMs and asks them to end `after` it
+/// started, as Ctrl-C asks; checks that every OS ended by itself (each OS A answered the
+/// request and ended in order, each OS B after it, nothing stopped by force) soon after the
+/// request; returns the report and the VMs' reports.
+fn ended_in_order(
+    after: Duration,
+) -> (
+    host_agent::rdmabench::RdmaBenchReport,
+    Vec<host_agent::vm::RunReport>,
+) {
     let hello = workload(WorkloadKind::Hello, &[]);
     let base = config([hello, hello]);
     let end = base.end.clone();
     let asker = std::thread::spawn(move || {
-        std::thread::sleep(Duration::from_secs(20));
+        std::thread::sleep(after);
         end.request();
         std::time::Instant::now()
     });
@@ -183,13 +185,29 @@ fn vms_asked_to_end_end_their_test_in_order_with_what_it_measured() {
     let took = asker.join().expect("the asking thread").elapsed();
     assert!(took < Duration::from_secs(20), "took {took:?} to end");
     assert!(!report.verified, "{report:#?}");
-    assert!(report.figures.messages > 0, "{report:#?}");
-    let error = report.error.as_deref().unwrap_or_default();
-    assert!(error.contains(": stopped "), "{report:#?}");
     for run in &runs {
         assert!(run.end_requested && !run.timed_out, "{run:#?}");
         let a = run.os(Role::A);
         assert!(matches!(a.end, OsEnd::Exited { .. }), "{a:#?}");
+        let b = run.os(Role::B);
+        assert!(b.success, "{b:#?}");
+    }
+    (report, runs)
+}
+
+#[test]
+fn vms_asked_to_end_end_their_test_in_order_with_what_it_measured() {
+    if !kvm_available("vms_asked_to_end_end_their_test_in_order_with_what_it_measured") {
+        return;
+    }
+    // 20 s in, the test is well under way: each OS A stops it and publishes what it did; each
+    // OS B closes the exchange connection with a FIN.
+    let (report, runs) = ended_in_order(Duration::from_secs(20));
+    assert!(report.figures.messages > 0, "{report:#?}");
+    let error = report.error.as_deref().unwrap_or_default();
+    assert!(error.contains(": stopped "), "{report:#?}");
+    for run in &runs {
+        let a = run.os(Role::A);
         assert!(
             a.serial_lines
                 .iter()
@@ -197,12 +215,30 @@ fn vms_asked_to_end_end_their_test_in_order_with_what_it_measured() {
             "{a:#?}"
         );
         let b = run.os(Role::B);
-        assert!(b.success, "{b:#?}");
         assert!(
             b.serial_lines
                 .iter()
                 .any(|line| line.starts_with("net: OS A's connections closed: 1 with a FIN")),
             "{b:#?}"
+        );
+    }
+}
+
+#[test]
+fn vms_asked_to_end_as_they_boot_end_in_order() {
+    if !kvm_available("vms_asked_to_end_as_they_boot_end_in_order") {
+        return;
+    }
+    // Asked before OS A has set anything up (the request waits in its mailbox, or finds it
+    // waiting for OS B), each VM still ends by itself.
+    let (_, runs) = ended_in_order(Duration::ZERO);
+    for run in &runs {
+        let a = run.os(Role::A);
+        assert!(
+            a.serial_lines.iter().any(|line| {
+                line == "net: asked to end before OS B was up" || line.contains("failed: stopped ")
+            }),
+            "{a:#?}"
         );
     }
 }

@@ -9,6 +9,7 @@ use guest_rt::exit::Status;
 use guest_rt::peer::Peer;
 use guest_rt::{Platform, println};
 use netsvc::Client;
+use shm_ring::control::OsState;
 use shm_ring::pool::owner_storage_words;
 
 /// The guest as an [`Os`]: the TSC clock, IPIs to wake OS B, `hlt` to wait for its IPI (or the
@@ -87,15 +88,21 @@ pub fn run(
     peer: &Peer,
     app: impl FnOnce(&mut GuestOs, &mut NetClient) -> Outcome,
 ) -> Status {
+    // The applications look for a stop, so they can end in order when the host asks; so does
+    // the wait for OS B. (OS A ends right after the application returns: a request that comes
+    // then is left to that.)
+    guest_rt::control::handle_end_requests(true);
     let Some(mut client) = client(platform) else {
         return Status::Failed;
     };
-    peer.wait_ready();
-    // The applications look for a stop, so they can end in order when the host asks.
-    guest_rt::control::handle_end_requests(true);
-    let outcome = app(&mut GuestOs::new(*peer), &mut client);
-    guest_rt::control::handle_end_requests(false);
-    match outcome {
+    guest_rt::wait_until(1_000_000, || {
+        peer.peer.state() != OsState::Booting as u32 || guest_rt::control::end_requested()
+    });
+    if guest_rt::control::end_requested() {
+        println!("net: asked to end before OS B was up");
+        return Status::Failed;
+    }
+    match app(&mut GuestOs::new(*peer), &mut client) {
         Outcome::Success => Status::Success,
         Outcome::Failed => Status::Failed,
     }
