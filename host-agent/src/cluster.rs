@@ -44,7 +44,8 @@ pub fn run_group(
 }
 
 /// Like [`run_group`], but once every member listed in `leaders` has ended, the others are
-/// stopped (a server that would serve forever, once its clients are done).
+/// asked to end in order ([`Vm::end_handle`]): a server that would serve forever, once its
+/// clients are done, ends as a process does on SIGTERM (a workload that cannot is stopped).
 pub fn run_group_until(
     members: Vec<Member>,
     switch: &Switch,
@@ -67,7 +68,7 @@ pub fn run_group_until(
         vm.attach_nic(config.net.mac, backend, member.capture)?;
         vms.push(vm);
     }
-    let stops: Vec<_> = vms.iter().map(Vm::stop_handle).collect();
+    let ends: Vec<_> = vms.iter().map(Vm::end_handle).collect();
     let (done_sender, done) = crossbeam_channel::unbounded();
     let handles: Vec<_> = vms
         .into_iter()
@@ -91,8 +92,8 @@ pub fn run_group_until(
             let Ok(index) = done.recv() else { break };
             waiting.retain(|leader| *leader != index);
         }
-        for stop in &stops {
-            stop.stop();
+        for end in &ends {
+            end.request();
         }
     }
     let mut reports = Vec::new();

@@ -278,7 +278,7 @@ pub fn run_vms(
                 })
                 .collect();
             let switch = Switch::new(SwitchConfig::default());
-            // Once the client is done the server is stopped, if it has not ended by itself.
+            // Once the client is done the server is asked to end, if it has not ended by itself.
             let runs = run_group_until(members, &switch, timeout, &[1])?;
             let client = &runs[1];
             let measured = measured_in(client, params);

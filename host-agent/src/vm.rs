@@ -202,7 +202,10 @@ impl std::fmt::Debug for PendingNic {
 pub struct Vm {
     _kvm: Kvm,
     stop: Arc<AtomicBool>,
+    /// The configuration's end request, shared with every VM built from it.
     end: EndRequest,
+    /// This VM's own ([`Vm::end_handle`]).
+    own_end: EndRequest,
     vm: VmFd,
     bus: Bus,
     nic: Option<PendingNic>,
@@ -428,6 +431,7 @@ impl Vm {
             _kvm: kvm,
             stop: Arc::new(AtomicBool::new(false)),
             end: config.end.clone(),
+            own_end: EndRequest::default(),
             vm,
             bus: Bus::new(),
             nic: None,
@@ -499,6 +503,12 @@ impl Vm {
     /// A handle that stops the running VM from another thread (both OSes end as stopped).
     pub fn stop_handle(&self) -> StopHandle {
         StopHandle(self.stop.clone())
+    }
+
+    /// A handle that asks this VM alone to end in order, from another thread (see
+    /// [`EndRequest`]; the configuration's request asks every VM built from it).
+    pub fn end_handle(&self) -> EndRequest {
+        self.own_end.clone()
     }
 
     /// The TSC frequency the guests were given, in kHz.
@@ -593,7 +603,7 @@ impl Vm {
         let mut supervisor = Supervisor {
             bus: std::mem::take(&mut self.bus),
             stop_requested: self.stop.clone(),
-            end: self.end.clone(),
+            ends: [self.end.clone(), self.own_end.clone()],
             control_a,
             ..Supervisor::default()
         };
@@ -734,7 +744,8 @@ fn prepare_os(
 struct Supervisor {
     bus: Bus,
     stop_requested: Arc<AtomicBool>,
-    end: EndRequest,
+    /// Whoever may ask the VM to end: its configuration's request and its own.
+    ends: [EndRequest; 2],
     /// OS A's control block, for the end request.
     control_a: Option<ControlView>,
     /// Whether the VM was asked to end before both OSes had.
@@ -934,7 +945,7 @@ impl Supervisor {
                 // Checked on every message too, so a flood of exits cannot hold off the end.
                 self.stop(StopCause::TimedOut, threads, &finished, &mut stopping);
             }
-            if !stopping && ending.is_none() && self.end.requested() {
+            if !stopping && ending.is_none() && self.ends.iter().any(EndRequest::requested) {
                 self.end_asked = true;
                 ending = Some(if finished[a] {
                     // OS B is already closing what OS A left.
