@@ -91,7 +91,6 @@ pub fn run(
     // The applications look for a stop, so they can end in order when the host asks; so does
     // the wait for OS B. (OS A ends right after the application returns: a request that comes
     // then is left to that.)
-    guest_rt::control::handle_end_requests(true);
     let Some(mut client) = client(platform) else {
         return Status::Failed;
     };

@@ -18,7 +18,20 @@ pub fn run(platform: &Platform) -> ! {
     let peer = Peer::new(platform);
     peer.announce_ready();
     let workload = platform.boot_info.workload;
-    match WorkloadKind::from_u32(workload.kind) {
+    let kind = WorkloadKind::from_u32(workload.kind);
+    // The network applications end in order when the host asks (`crate::net::run`); the
+    // others cannot.
+    guest_rt::control::handle_end_requests(matches!(
+        kind,
+        Some(
+            WorkloadKind::TcpEcho
+                | WorkloadKind::TcpClient
+                | WorkloadKind::UdpEcho
+                | WorkloadKind::RdmaTest
+                | WorkloadKind::NetBench
+        )
+    ));
+    match kind {
         Some(WorkloadKind::Hello) => hello(&peer),
         Some(kind @ (WorkloadKind::RingBench | WorkloadKind::HostileDescriptor)) => {
             let hostile = (kind == WorkloadKind::HostileDescriptor).then_some(workload.args[3]);

@@ -16,6 +16,8 @@ pub fn run(platform: &Platform) -> ! {
     let peer = Peer::new(platform);
     peer.announce_ready();
     let workload = platform.boot_info.workload;
+    // The host asks only OS A to end; OS B ends after it.
+    guest_rt::control::handle_end_requests(false);
     match WorkloadKind::from_u32(workload.kind) {
         Some(kind @ (WorkloadKind::RingBench | WorkloadKind::HostileDescriptor)) => {
             let hostile = (kind == WorkloadKind::HostileDescriptor).then_some(workload.args[3]);

@@ -1,12 +1,13 @@
 //! The host's requests: the mailbox in this OS's control block.
 //!
-//! The host writes a request and sends [`CONTROL_VECTOR`]. A workload that can end in order
-//! says so ([`handle_end_requests`]) and answers [`Request::End`] itself when it looks for a
-//! stop ([`end_requested`]); the interrupt then only wakes it. Any request nobody here handles
-//! is answered [`Reply::Unsupported`] by the interrupt handler at once, so the host need not
-//! wait for its timeout to know.
+//! The host writes a request and sends [`CONTROL_VECTOR`]. The running workload says whether
+//! it can end in order ([`handle_end_requests`]). One that can answers [`Request::End`] itself
+//! when it looks for a stop ([`end_requested`]); the interrupt then only wakes it. For one that
+//! cannot, the interrupt handler answers every request [`Reply::Unsupported`] at once, so the
+//! host need not wait for its timeout to know. Until the workload has said, a request waits in
+//! the mailbox.
 
-use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
 
 use shm_ring::bootinfo::BootInfo;
 use shm_ring::control::{ControlView, Reply, Request};
@@ -14,8 +15,15 @@ use shm_ring::layout::{CONTROL_VECTOR, Role};
 
 /// Guest address of this OS's control block (0 until [`init`]).
 static OWN: AtomicU64 = AtomicU64::new(0);
-/// Whether the running workload answers end requests itself.
-static HANDLES_END: AtomicBool = AtomicBool::new(false);
+/// Whether the running workload answers end requests itself: [`UNDECIDED`], [`ANSWERS`] or
+/// [`CANNOT`].
+static MODE: AtomicU8 = AtomicU8::new(UNDECIDED);
+/// The workload has not said yet: requests wait.
+const UNDECIDED: u8 = 0;
+/// The workload answers through [`end_requested`].
+const ANSWERS: u8 = 1;
+/// The workload cannot end in order: requests are refused.
+const CANNOT: u8 = 2;
 /// Whether an end request was accepted.
 static END_REQUESTED: AtomicBool = AtomicBool::new(false);
 
@@ -35,10 +43,14 @@ fn own() -> Option<ControlView> {
 
 /// Runs on [`CONTROL_VECTOR`] with interrupts off.
 fn on_signal(_: u8) {
-    if HANDLES_END.load(Ordering::Relaxed) {
-        // The workload answers when it next looks for a stop; the interrupt woke it.
-        return;
+    // A workload that answers does so when it next looks for a stop: the interrupt woke it.
+    if MODE.load(Ordering::Relaxed) == CANNOT {
+        refuse_pending();
     }
+}
+
+/// Answers the request waiting in the mailbox, if any, with [`Reply::Unsupported`].
+fn refuse_pending() {
     if let Some(own) = own()
         && let Some(pending) = own.pending_request()
     {
@@ -46,9 +58,13 @@ fn on_signal(_: u8) {
     }
 }
 
-/// Declares whether the running workload answers end requests through [`end_requested`].
+/// Says whether the running workload answers end requests through [`end_requested`]; if it
+/// does not, a request already waiting is refused now.
 pub fn handle_end_requests(handles: bool) {
-    HANDLES_END.store(handles, Ordering::Relaxed);
+    MODE.store(if handles { ANSWERS } else { CANNOT }, Ordering::Relaxed);
+    if !handles {
+        refuse_pending();
+    }
 }
 
 /// How many times the host signalled this OS (a change means: look at the mailbox).
