@@ -1081,6 +1081,37 @@ mod tests {
         assert_eq!(asked(start).next(waiting, stale), Ok(asked(start)));
     }
 
+    proptest::proptest! {
+        /// Whatever OS A leaves in its mailbox's reply words, the host moves on only on the
+        /// accepted answer to its own request, and otherwise stops the VM or keeps waiting
+        /// within the answer timeout.
+        #[test]
+        fn any_mailbox_reply_is_handled(
+            other_sequence in proptest::prelude::any::<u32>(),
+            same in proptest::prelude::any::<bool>(),
+            reply in proptest::prop_oneof![0u32..4, proptest::prelude::any::<u32>()],
+            sequence in proptest::prelude::any::<u32>(),
+            elapsed_ms in 0u64..20_000,
+        ) {
+            let reply_sequence = if same { sequence } else { other_sequence };
+            let start = Instant::now();
+            let now = start + Duration::from_millis(elapsed_ms);
+            let ending = Ending::Asked { sequence, since: start };
+            let next = ending.next(now, |asked| (asked == reply_sequence).then_some(reply));
+            let answered = reply_sequence == sequence;
+            let expected = if answered && reply == Reply::Accepted as u32 {
+                Ok(Ending::Accepted { since: now })
+            } else if answered {
+                Err(StopCause::EndRefused)
+            } else if now >= start + END_ANSWER_TIMEOUT {
+                Err(StopCause::EndUnanswered)
+            } else {
+                Ok(ending)
+            };
+            proptest::prop_assert_eq!(next, expected);
+        }
+    }
+
     #[test]
     fn a_refusal_or_a_reply_the_host_does_not_know_stops_the_vm_at_once() {
         let start = Instant::now();
