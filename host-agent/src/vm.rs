@@ -593,19 +593,16 @@ impl Vm {
             }
             None => (None, None),
         };
-        let control_a = match self.control(Role::A) {
-            Ok(view) => Some(view),
-            Err(error) => {
-                eprintln!("host-agent: OS A's control block: {error}; it cannot be asked to end");
-                None
-            }
-        };
         let mut supervisor = Supervisor {
             bus: std::mem::take(&mut self.bus),
             stop_requested: self.stop.clone(),
             ends: [self.end.clone(), self.own_end.clone()],
-            control_a,
-            ..Supervisor::default()
+            control_a: self.control(Role::A)?,
+            end_asked: false,
+            probes: 0,
+            cause: None,
+            unhandled: 0,
+            logged: 0,
         };
         let vm = &self.vm;
         let outcomes = supervisor.serve(
@@ -627,8 +624,8 @@ impl Vm {
             eprintln!("host-agent: virtio-net worker: {error}");
         }
         let nic = nic.map(|nic| crate::devices::bus::lock_device(&nic).counters());
-        let cause = supervisor.cause;
-        let timed_out = cause == StopCause::TimedOut;
+        let cause = supervisor.cause.unwrap_or_default();
+        let timed_out = supervisor.cause == Some(StopCause::TimedOut);
         let mut oses = Vec::new();
         for outcome in outcomes {
             let report = self
@@ -740,18 +737,19 @@ fn prepare_os(
 }
 
 /// The supervisor: answers handed-over exits, ends the run.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Supervisor {
     bus: Bus,
     stop_requested: Arc<AtomicBool>,
     /// Whoever may ask the VM to end: its configuration's request and its own.
     ends: [EndRequest; 2],
     /// OS A's control block, for the end request.
-    control_a: Option<ControlView>,
+    control_a: ControlView,
     /// Whether the VM was asked to end before both OSes had.
     end_asked: bool,
     probes: u64,
-    cause: StopCause,
+    /// Why the vCPUs are being stopped, once they are.
+    cause: Option<StopCause>,
     unhandled: u64,
     logged: u64,
 }
@@ -835,11 +833,13 @@ impl Supervisor {
         cause: StopCause,
         threads: &[(Arc<AtomicBool>, JoinHandle<()>)],
         finished: &[bool; 2],
-        stopping: &mut bool,
     ) {
-        self.cause = cause;
-        *stopping = true;
+        self.cause = Some(cause);
         Self::stop_all(threads, finished);
+    }
+
+    fn stopping(&self) -> bool {
+        self.cause.is_some()
     }
 
     fn answer(&mut self, role: Role, request: SupervisorRequest) -> u64 {
@@ -919,14 +919,13 @@ impl Supervisor {
     ) -> Vec<VcpuOutcome> {
         let mut outcomes: Vec<Option<VcpuOutcome>> = vec![None, None];
         let mut finished = [false; 2];
-        let mut stopping = false;
         // When OS B, left to close OS A's connections after OS A failed, is stopped anyway.
         let mut wind_down_until: Option<Instant> = None;
         let mut ending: Option<Ending> = None;
         let a = Role::A.vcpu_index() as usize;
         while outcomes.iter().any(Option::is_none) {
             let now = Instant::now();
-            if !stopping && wind_down_until.is_some_and(|until| now >= until) {
+            if !self.stopping() && wind_down_until.is_some_and(|until| now >= until) {
                 self.stop(
                     if ending.is_some() {
                         StopCause::EndTooSlow
@@ -935,39 +934,37 @@ impl Supervisor {
                     },
                     threads,
                     &finished,
-                    &mut stopping,
                 );
             }
-            if !stopping && self.stop_requested.load(Ordering::Acquire) {
-                self.stop(StopCause::Requested, threads, &finished, &mut stopping);
+            if !self.stopping() && self.stop_requested.load(Ordering::Acquire) {
+                self.stop(StopCause::Requested, threads, &finished);
             }
-            if !stopping && now >= deadline {
+            if !self.stopping() && now >= deadline {
                 // Checked on every message too, so a flood of exits cannot hold off the end.
-                self.stop(StopCause::TimedOut, threads, &finished, &mut stopping);
+                self.stop(StopCause::TimedOut, threads, &finished);
             }
-            if !stopping && ending.is_none() && self.ends.iter().any(EndRequest::requested) {
+            if !self.stopping() && ending.is_none() && self.ends.iter().any(EndRequest::requested) {
                 self.end_asked = true;
                 ending = Some(if finished[a] {
                     // OS B is already closing what OS A left.
                     wind_down_until.get_or_insert(now + WIND_DOWN_GRACE);
                     Ending::WindingDown
-                } else if let Some(control) = self.control_a {
-                    let sequence = control.post_request(Request::End);
+                } else {
+                    let sequence = self.control_a.post_request(Request::End);
                     signal_a();
                     Ending::Asked {
                         sequence,
                         since: now,
                     }
-                } else {
-                    self.stop(StopCause::EndUnanswered, threads, &finished, &mut stopping);
-                    Ending::WindingDown
                 });
             }
-            if !stopping && let Some(current) = ending {
+            if !self.stopping()
+                && let Some(current) = ending
+            {
                 let control = self.control_a;
-                match current.next(now, |sequence| control?.reply_to(sequence)) {
+                match current.next(now, |sequence| control.reply_to(sequence)) {
                     Ok(next) => ending = Some(next),
-                    Err(cause) => self.stop(cause, threads, &finished, &mut stopping),
+                    Err(cause) => self.stop(cause, threads, &finished),
                 }
             }
             // Wake at least every 20 ms: to re-kick while stopping, to see a stop request and
@@ -997,7 +994,7 @@ impl Supervisor {
                         );
                     let role = outcome.role;
                     outcomes[index] = Some(outcome);
-                    if stopping {
+                    if self.stopping() {
                         continue;
                     }
                     if role == Role::A && ending.is_some() && (orderly || !failed) {
@@ -1008,12 +1005,12 @@ impl Supervisor {
                         if orderly {
                             wind_down_until = Some(Instant::now() + WIND_DOWN_GRACE);
                         } else {
-                            self.stop(StopCause::Requested, threads, &finished, &mut stopping);
+                            self.stop(StopCause::Requested, threads, &finished);
                         }
                     }
                 }
                 default(wait) => {
-                    if stopping {
+                    if self.stopping() {
                         // Kick again: a kick that landed outside KVM_RUN is not lost for long.
                         Self::stop_all(threads, &finished);
                     }
