@@ -3,9 +3,10 @@
 //! The first asks every run in progress to end in order, as the platform's stop does: native
 //! applications see [`apps::Os::should_stop`] and end their tests with what they have, their
 //! OS B closes their connections (so that peers learn of it at once), VMs are asked to end the
-//! same way ([`crate::vm::EndRequest`]: OS A through its control mailbox), and the bridges and TAPs made for a run are removed as it returns; the command
-//! then reports what it has and exits with status 130. A second signal ends the process at
-//! once (the handler gives the signal its default action back when it runs).
+//! same way ([`crate::vm::EndRequest`]: OS A through its control mailbox), and the bridges and
+//! TAPs made for a run are removed as it returns; the command then reports what it has and
+//! exits with status 130. A second signal ends the process at once (the handler gives the
+//! signal its default action back when it runs).
 //!
 //! Only the `host-agent` binary installs the handler ([`install`]); for library users (the
 //! tests) [`requested`] stays false.
