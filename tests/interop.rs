@@ -178,6 +178,8 @@ impl Lab {
             mac: DUOVM_MAC,
             ipv4: DUOVM_IP,
             prefix_len: 24,
+            // In a VM, the virtio-net device computes the ICRCs rxe checks.
+            icrc_offload: true,
         };
         let report = match mode {
             Mode::Vm => {
@@ -393,6 +395,7 @@ fn params(
         qp_timeout: DEFAULT_QP_TIMEOUT,
         retry_cnt: apps::rdma::DEFAULT_RETRY_CNT,
         stall_timeout: 0,
+        icrc_offload: false,
     }
 }
 

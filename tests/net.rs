@@ -143,6 +143,7 @@ fn echo_pair(
                 has_nic: 1,
                 ipv4: [10, 77, 3, index],
                 gateway: [0; 4],
+                ..NetConfig::default()
             };
             Member {
                 config,

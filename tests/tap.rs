@@ -19,6 +19,7 @@ fn net_config(ip: [u8; 4]) -> NetConfig {
         has_nic: 1,
         ipv4: ip,
         gateway: [0; 4],
+        ..NetConfig::default()
     }
 }
 

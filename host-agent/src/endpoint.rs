@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use apps::Outcome;
 use apps::rdma::{TestParams, TestReport, run_test};
-use shm_ring::bootinfo::{NetConfig, Workload, WorkloadKind};
+use shm_ring::bootinfo::{NetConfig, OFFLOAD_ROCE_ICRC, Workload, WorkloadKind};
 use shm_ring::control::report;
 use shm_ring::layout::Role;
 
@@ -71,6 +71,10 @@ pub struct Identity {
     pub ipv4: Ipv4Addr,
     /// Its prefix length.
     pub prefix_len: u8,
+    /// In a VM, the virtio-net device computes and checks the RoCEv2 ICRCs and OS A leaves
+    /// them to it ([`OFFLOAD_ROCE_ICRC`]). Native endpoints have no such device and ignore
+    /// it: their engines compute the ICRCs.
+    pub icrc_offload: bool,
 }
 
 impl Identity {
@@ -82,6 +86,12 @@ impl Identity {
             has_nic: 1,
             ipv4: self.ipv4.octets(),
             gateway: [0; 4],
+            offloads: if self.icrc_offload {
+                OFFLOAD_ROCE_ICRC
+            } else {
+                0
+            },
+            reserved: 0,
         }
     }
 }
@@ -125,6 +135,7 @@ pub fn native_member(
 ) -> (NativeMember, ReportSlot) {
     let mut params = *params;
     params.local = identity.ipv4;
+    params.icrc_offload = false;
     let result: ReportSlot = Arc::default();
     let slot = result.clone();
     let app: NativeApp = Box::new(move |os, client| match run_test(os, client, &params) {

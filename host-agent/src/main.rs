@@ -253,7 +253,7 @@ impl TestArg {
     }
 }
 
-/// How the RDMA tests' queue pairs resend.
+/// How the RDMA tests' queue pairs resend, and who computes the ICRCs.
 #[derive(Debug, Args)]
 struct QpArgs {
     /// The QPs' local ACK timeout: unacknowledged packets are resent after 4.096 µs << N
@@ -271,6 +271,12 @@ struct QpArgs {
     #[arg(long, value_name = "SECONDS", default_value_t = apps::rdma::DEFAULT_STALL_TIMEOUT,
           value_parser = clap::value_parser!(u16).range(1..))]
     stall_timeout: u16,
+    /// In VMs, have the guests compute and check the RoCEv2 ICRCs themselves. By default the
+    /// virtio-net device does, as a RoCE NIC's hardware does: it fills in the ICRC of every
+    /// RoCEv2 packet it sends and drops received ones whose ICRC is wrong, and OS A leaves
+    /// them to it. (Native endpoints always compute them.)
+    #[arg(long)]
+    no_icrc_offload: bool,
 }
 
 #[derive(Debug, Args)]
@@ -785,6 +791,7 @@ fn rdma_bench(args: &RdmaBenchArgs) -> Result<bool> {
         qp_timeout: args.qp.qp_timeout,
         retry_cnt: args.qp.retry_cnt,
         stall_timeout: args.qp.stall_timeout,
+        icrc_offload: !args.qp.no_icrc_offload,
         path: if args.tap {
             RdmaPath::Tap
         } else {
@@ -1061,11 +1068,14 @@ fn rdma(args: &RdmaArgs) -> Result<bool> {
         }),
         retry_cnt: args.qp.retry_cnt,
         stall_timeout: args.qp.stall_timeout,
+        // OS A learns it from its boot information.
+        icrc_offload: false,
     };
     let identity = Identity {
         mac: args.mac,
         ipv4,
         prefix_len,
+        icrc_offload: !args.qp.no_icrc_offload,
     };
     let tap = Tap::open(&args.tap).with_context(|| format!("cannot open TAP {}", args.tap))?;
     if let Some(bridge) = &args.bridge {

@@ -237,6 +237,7 @@ fn net_config(index_mac: [u8; 6], address: Ipv4Addr, prefix_len: u8) -> NetConfi
         has_nic: 1,
         ipv4: address.octets(),
         gateway: [0; 4],
+        ..NetConfig::default()
     }
 }
 

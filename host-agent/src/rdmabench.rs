@@ -53,6 +53,10 @@ pub struct RdmaBenchParams {
     pub stall_timeout: u16,
     /// What joins the two endpoints.
     pub path: RdmaPath,
+    /// In VMs, the virtio-net devices compute and check the RoCEv2 ICRCs and the guests leave
+    /// them to it (`shm_ring::bootinfo::OFFLOAD_ROCE_ICRC`); otherwise the guests compute
+    /// and check them themselves. Native endpoints always compute them.
+    pub icrc_offload: bool,
 }
 
 /// What joins the two endpoints.
@@ -151,7 +155,7 @@ pub const VM_QP_TIMEOUT: u8 = 20;
 impl RdmaBenchParams {
     /// `iters` messages of `size` bytes of `test` on the built-in switch, with the defaults
     /// for everything else: no loss, MTU 1024, the default ACK timeout, unlimited retries and
-    /// the default stall timeout.
+    /// the default stall timeout, the ICRC offloaded in VMs.
     pub fn new(test: Test, size: u32, iters: u32) -> RdmaBenchParams {
         RdmaBenchParams {
             test,
@@ -163,6 +167,7 @@ impl RdmaBenchParams {
             retry_cnt: apps::rdma::DEFAULT_RETRY_CNT,
             stall_timeout: 0,
             path: RdmaPath::Switch,
+            icrc_offload: true,
         }
     }
 
@@ -264,6 +269,7 @@ fn identity(index: u8) -> Identity {
         mac: [0x02, 0xd0, 0, 9, index, 0x0b],
         ipv4: Ipv4Addr::new(10, 77, 9, index),
         prefix_len: 24,
+        icrc_offload: false,
     }
 }
 
@@ -281,6 +287,8 @@ fn side_params(params: &RdmaBenchParams, index: u8, vm: bool) -> TestParams {
         qp_timeout: params.qp_timeout(vm),
         retry_cnt: params.retry_cnt,
         stall_timeout: params.stall_timeout,
+        // A VM's OS A learns it from its boot information.
+        icrc_offload: false,
     }
 }
 
@@ -314,7 +322,11 @@ pub fn run_vms(
             };
             let mut config = base.clone();
             config.workloads = [workload(&side_params(params, index, true)), service];
-            config.net = identity(index).net_config();
+            config.net = Identity {
+                icrc_offload: params.icrc_offload,
+                ..identity(index)
+            }
+            .net_config();
             let capture = match capture {
                 Some(path) if index == 2 => Some(
                     crate::devices::pcap::PcapWriter::create(path).map_err(|error| {

@@ -216,6 +216,9 @@ pub struct Vm {
     tsc_khz: u64,
     echo_serial: bool,
     measure_exits: bool,
+    /// The boot information promises the RoCEv2 ICRC offload ([`NetConfig::offloads`]),
+    /// which the NIC must then provide.
+    roce_icrc_offload: bool,
 }
 
 /// One OS's part of a run report.
@@ -442,6 +445,7 @@ impl Vm {
             tsc_khz,
             echo_serial: config.echo_serial,
             measure_exits: config.measure_exits,
+            roce_icrc_offload: config.net.roce_icrc_offload(),
         })
     }
 
@@ -478,6 +482,7 @@ impl Vm {
             .map_err(kvm_error("register irqfd"))?;
         let mut net = Net::new(NicConfig {
             mac,
+            roce_icrc: self.roce_icrc_offload,
             ..NicConfig::default()
         });
         net.set_capture(capture);

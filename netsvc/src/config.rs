@@ -286,6 +286,7 @@ mod tests {
             has_nic: 1,
             ipv4: [10, 0, 0, 2],
             gateway: [0; 4],
+            ..Default::default()
         };
         assert_eq!(NetConfig::from_boot(&boot).gateway, None);
         let boot = shm_ring::bootinfo::NetConfig {

@@ -190,6 +190,8 @@ pub const IPV6_HEADER_LEN: usize = 40;
 pub struct Icrc {
     /// The raw CRC register (not inverted).
     register: u32,
+    /// The NIC computes this ICRC ([`Icrc::offloaded`]): nothing is fed to the register.
+    offloaded: bool,
 }
 
 impl Icrc {
@@ -241,6 +243,21 @@ impl Icrc {
         }
     }
 
+    /// An ICRC left to the NIC (a device that computes the ICRC of every RoCEv2 packet it
+    /// sends, as RoCE hardware does): [`Icrc::update_copy`] only copies, [`Icrc::update`] does
+    /// nothing, and [`Icrc::finish`] gives 0, the placeholder the NIC overwrites.
+    pub const fn offloaded() -> Self {
+        Icrc {
+            register: 0,
+            offloaded: true,
+        }
+    }
+
+    /// Whether this ICRC is left to the NIC ([`Icrc::offloaded`]).
+    pub const fn is_offloaded(&self) -> bool {
+        self.offloaded
+    }
+
     fn begin_masked(
         masked_ip: &[u8],
         udp_header: &[u8; udp::HEADER_LEN],
@@ -272,12 +289,17 @@ impl Icrc {
             };
         #[cfg(not(feature = "std"))]
         let register = update_raw(LRH_SEED, &block[HEADER_BLOCK - len..]);
-        Icrc { register }
+        Icrc {
+            register,
+            offloaded: false,
+        }
     }
 
     /// Feeds the next bytes after the BTH (extension headers, payload, pad).
     pub fn update(&mut self, data: &[u8]) {
-        self.register = update_raw(self.register, data);
+        if !self.offloaded {
+            self.register = update_raw(self.register, data);
+        }
     }
 
     /// Copies `source` into `destination` and feeds it to the CRC, a cache-sized block at a
@@ -291,6 +313,10 @@ impl Icrc {
             source.len(),
             "update_copy: destination and source differ in length"
         );
+        if self.offloaded {
+            destination.copy_from_slice(source);
+            return;
+        }
         const BLOCK: usize = 4096;
         for (to, from) in destination.chunks_mut(BLOCK).zip(source.chunks(BLOCK)) {
             to.copy_from_slice(from);
@@ -298,9 +324,9 @@ impl Icrc {
         }
     }
 
-    /// The ICRC value; send it as `finish().to_le_bytes()`.
+    /// The ICRC value; send it as `finish().to_le_bytes()`. 0 for an ICRC left to the NIC.
     pub const fn finish(self) -> u32 {
-        !self.register
+        if self.offloaded { 0 } else { !self.register }
     }
 }
 
@@ -426,9 +452,15 @@ mod tests {
     fn update_copy_matches_update() {
         let source: Vec<u8> = (0..5000u32).map(|i| (i ^ (i >> 3)) as u8).collect();
         let mut destination = vec![0u8; source.len()];
-        let mut copying = Icrc { register: LRH_SEED };
+        let mut copying = Icrc {
+            register: LRH_SEED,
+            offloaded: false,
+        };
         copying.update_copy(&mut destination, &source);
-        let mut plain = Icrc { register: LRH_SEED };
+        let mut plain = Icrc {
+            register: LRH_SEED,
+            offloaded: false,
+        };
         plain.update(&source);
         assert_eq!(destination, source);
         assert_eq!(copying, plain);
@@ -462,10 +494,24 @@ mod tests {
         let data: Vec<u8> = (0..777u32).map(|i| i as u8).collect();
         let mut icrc = Icrc {
             register: 0xffff_ffff,
+            offloaded: false,
         };
         for piece in data.chunks(13) {
             icrc.update(piece);
         }
         assert_eq!(icrc.finish(), crc32(&data));
+    }
+
+    #[test]
+    fn an_offloaded_icrc_copies_and_leaves_a_zero_placeholder() {
+        let source: Vec<u8> = (0..5000u32).map(|i| (i * 7) as u8).collect();
+        let mut destination = vec![0u8; source.len()];
+        let mut icrc = Icrc::offloaded();
+        icrc.update(&source[..100]);
+        icrc.update_copy(&mut destination, &source);
+        assert_eq!(destination, source);
+        assert!(icrc.is_offloaded());
+        assert_eq!(icrc.finish(), 0);
+        assert!(!Icrc::begin_ipv4(&[0x45; 20], &[0; 8], &[0; 12]).is_offloaded());
     }
 }

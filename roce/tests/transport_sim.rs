@@ -461,6 +461,43 @@ fn mixed_workload_lossless() {
     }
 }
 
+/// With the ICRC left to the NIC, the devices put the same packets on the wire, byte for
+/// byte, once the NIC has filled in the ICRCs.
+#[test]
+fn icrc_offload_puts_the_same_bytes_on_the_wire() {
+    let run = |icrc_offload: bool| {
+        let setup = Setup {
+            icrc_offload,
+            ..workload_setup(Mtu::Mtu1024)
+        };
+        let (mut net, ends) = connect(&setup, Faults::NONE, 1);
+        net.record = Some(Vec::new());
+        let mut workload = Workload::new(&mut net, ends, 200, 5000, 1);
+        workload.run(&mut net, 10_000_000_000);
+        for device in &net.devices {
+            let counters = device.counters();
+            assert_eq!(counters.drops.total() + counters.icrc_errors, 0);
+        }
+        assert_eq!(net.nic_icrc_drops, 0);
+        net.record.take().unwrap()
+    };
+    let offloaded = run(true);
+    let computed = run(false);
+    assert!(offloaded.len() > 1000, "{} packets", offloaded.len());
+    assert_eq!(offloaded.len(), computed.len());
+    for (index, (offloaded, computed)) in offloaded.iter().zip(&computed).enumerate() {
+        assert_eq!(offloaded, computed, "packet {index}");
+    }
+}
+
+/// Every opcode, lossy, with the ICRC left to the NIC: every WR completes once, data intact.
+#[test]
+fn every_opcode_64k_lossy_with_icrc_offload() {
+    for seed in 0..3 {
+        every_opcode_with(Faults::lossy(0.1), [0x10_0000, 0x20_0000], seed, true);
+    }
+}
+
 fn lossy(loss: f64, seed: u64, mtu: Mtu, per_side: usize) {
     let setup = workload_setup(mtu);
     let (mut net, ends) = connect(&setup, Faults::lossy(loss), seed);
@@ -511,9 +548,14 @@ fn mixed_workload_many_seeds() {
 
 /// Every opcode with 64 KiB messages at MTU 1024 (64 packets each), lossless then lossy.
 fn every_opcode(faults: Faults, sq_psn: [u32; 2], seed: u64) {
+    every_opcode_with(faults, sq_psn, seed, false);
+}
+
+fn every_opcode_with(faults: Faults, sq_psn: [u32; 2], seed: u64, icrc_offload: bool) {
     let setup = Setup {
         sq_psn,
         region_len: 2 * MIB,
+        icrc_offload,
         ..Setup::default()
     };
     let (mut net, [a, b]) = connect(&setup, faults, seed);

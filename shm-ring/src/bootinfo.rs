@@ -13,7 +13,7 @@ use crate::layout::{Region, Role};
 /// `BootInfo::magic`: "duovmBI1" as little-endian bytes.
 pub const BOOT_INFO_MAGIC: u64 = u64::from_le_bytes(*b"duovmBI1");
 /// Version of the [`BootInfo`] layout; bumped on any incompatible change.
-pub const BOOT_INFO_VERSION: u32 = 1;
+pub const BOOT_INFO_VERSION: u32 = 2;
 
 /// Where each shared structure lives, as offsets from the shared segment's base.
 ///
@@ -45,7 +45,13 @@ pub struct SharedLayout {
     pub ring_capacity: u32,
 }
 
-/// Network configuration for OS B.
+/// [`NetConfig::offloads`] bit: the virtio-net device computes the ICRC of every RoCEv2 packet
+/// it sends (IPv4, UDP destination port 4791; the four bytes before the end of the UDP datagram
+/// are overwritten) and drops every received RoCEv2 packet whose ICRC is wrong, counting it. OS
+/// A's RDMA device then leaves the ICRC to it, as a RoCE device leaves it to its hardware.
+pub const OFFLOAD_ROCE_ICRC: u32 = 1;
+
+/// Network configuration for OS B (and OS A's address and offloads).
 #[derive(
     Clone, Copy, Debug, PartialEq, Eq, Default, FromBytes, IntoBytes, Immutable, KnownLayout,
 )]
@@ -61,6 +67,18 @@ pub struct NetConfig {
     pub ipv4: [u8; 4],
     /// IPv4 default gateway (all zeros for none).
     pub gateway: [u8; 4],
+    /// What the virtio-net device does for the OSes: [`OFFLOAD_ROCE_ICRC`] (other bits are
+    /// reserved, zero).
+    pub offloads: u32,
+    /// Zero.
+    pub reserved: u32,
+}
+
+impl NetConfig {
+    /// Whether the device computes and checks RoCEv2 ICRCs ([`OFFLOAD_ROCE_ICRC`]).
+    pub const fn roce_icrc_offload(&self) -> bool {
+        self.offloads & OFFLOAD_ROCE_ICRC != 0
+    }
 }
 
 /// What an OS runs after boot. The meaning of `args` depends on `kind`.

@@ -157,6 +157,8 @@ pub(crate) struct Env<'a> {
 pub(crate) struct Link {
     pub src_addr: Ipv4Addr,
     pub identification: u16,
+    /// The NIC fills in the ICRC ([`crate::verbs::DeviceConfig::icrc_offload`]).
+    pub icrc_offload: bool,
 }
 
 /// The result of asking a QP for a packet.
@@ -181,6 +183,7 @@ pub(crate) enum EmitError {
 /// [`Icrc::update_copy`]); returns the packet's length.
 pub(crate) fn emit(
     out: &mut [u8],
+    link: &Link,
     repr: &Rocev2Repr,
     fill: impl FnOnce(&mut [u8], &mut Icrc) -> Result<(), MrFault>,
 ) -> Result<usize, EmitError> {
@@ -190,9 +193,12 @@ pub(crate) fn emit(
     };
     // The engines build consistent headers, so this fails only on an engine bug; the
     // request is then failed rather than retried forever.
-    let mut icrc = repr
-        .emit_headers(buffer)
-        .map_err(|_| EmitError::Fault(MrFault::Range))?;
+    let headers = if link.icrc_offload {
+        repr.emit_headers_offloaded(buffer)
+    } else {
+        repr.emit_headers(buffer)
+    };
+    let mut icrc = headers.map_err(|_| EmitError::Fault(MrFault::Range))?;
     fill(&mut buffer[repr.payload_range()], &mut icrc).map_err(EmitError::Fault)?;
     repr.emit_icrc(buffer, icrc)
         .map_err(|_| EmitError::Fault(MrFault::Range))?;
@@ -215,7 +221,12 @@ impl Device {
         if self.acknowledge_duplicate(&view) {
             return;
         }
-        let repr = match Rocev2Repr::parse(&view) {
+        let parsed = if self.config.icrc_offload {
+            Rocev2Repr::parse_without_icrc(&view)
+        } else {
+            Rocev2Repr::parse(&view)
+        };
+        let repr = match parsed {
             Ok(repr) => repr,
             Err(error) => return self.count_bad_packet(error),
         };
@@ -392,6 +403,7 @@ impl Device {
         let link = Link {
             src_addr: config.ipv4_addr,
             identification: *identification,
+            icrc_offload: config.icrc_offload,
         };
         match responder::transmit(qp, &mut env, &link, out) {
             Transmit::Idle => {}

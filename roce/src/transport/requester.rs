@@ -198,7 +198,7 @@ pub(crate) fn transmit(
     }
     ib.set_payload_len(payload_len);
     let mrs = &*env.mrs;
-    let result = super::emit(out, &repr, |payload, icrc| match &wqe.inline {
+    let result = super::emit(out, link, &repr, |payload, icrc| match &wqe.inline {
         Some(data) => {
             let start = offset as usize;
             icrc.update_copy(payload, &data[start..start + payload.len()]);

@@ -612,7 +612,7 @@ pub(crate) fn transmit(
             let mut ib = RoceRepr::new(super::bth(qp, Opcode::RcAcknowledge, psn));
             ib.aeth = Some(AethRepr { syndrome, msn });
             let repr = super::encapsulate(qp, link, ib);
-            finish_header_only(qp, super::emit(out, &repr, |_, _| Ok(())))
+            finish_header_only(qp, super::emit(out, link, &repr, |_, _| Ok(())))
         }
         Response::AtomicAck { psn, original, msn } => {
             let mut ib = RoceRepr::new(super::bth(qp, Opcode::RcAtomicAcknowledge, psn));
@@ -621,7 +621,7 @@ pub(crate) fn transmit(
                 original_data: original,
             });
             let repr = super::encapsulate(qp, link, ib);
-            finish_header_only(qp, super::emit(out, &repr, |_, _| Ok(())))
+            finish_header_only(qp, super::emit(out, link, &repr, |_, _| Ok(())))
         }
         Response::Read {
             psn,
@@ -660,7 +660,7 @@ pub(crate) fn transmit(
             };
             let mrs = &*env.mrs;
             let result = match source {
-                Some((lkey, range)) => super::emit(out, &repr, |payload, icrc| {
+                Some((lkey, range)) => super::emit(out, link, &repr, |payload, icrc| {
                     if payload.is_empty() {
                         return Ok(());
                     }

@@ -52,6 +52,12 @@ pub struct DeviceConfig {
     pub max_qp_init_rd_atom: u32,
     /// Inline bytes per send work request.
     pub max_inline_data: u32,
+    /// The NIC under the device computes the ICRC of every RoCEv2 packet it sends and drops
+    /// every received one whose ICRC is wrong, as RoCE hardware does (duovm's virtio-net
+    /// device in a VM, see docs/ARCHITECTURE.md): the device then writes zeros where the ICRC
+    /// goes and does not check it on receipt. Off by default: the device computes and checks
+    /// every ICRC itself.
+    pub icrc_offload: bool,
 }
 
 impl DeviceConfig {
@@ -71,7 +77,16 @@ impl DeviceConfig {
             max_qp_rd_atom: 128,
             max_qp_init_rd_atom: 128,
             max_inline_data: 256,
+            icrc_offload: false,
         }
+    }
+
+    /// The same configuration with the ICRC left to the NIC, or not
+    /// ([`DeviceConfig::icrc_offload`]).
+    #[must_use]
+    pub const fn with_icrc_offload(mut self, offload: bool) -> Self {
+        self.icrc_offload = offload;
+        self
     }
 
     /// The same configuration with another active MTU.

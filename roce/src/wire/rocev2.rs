@@ -147,11 +147,18 @@ impl Repr {
     /// checksum and fragmentation, non-zero UDP checksum, ICRC. The don't-fragment flag is not
     /// kept ([`Repr::emit`] always sets it).
     pub fn parse<T: AsRef<[u8]>>(packet: &Packet<T>) -> Result<Self, Error> {
+        let repr = Self::parse_without_icrc(packet)?;
+        packet.verify_icrc()?;
+        Ok(repr)
+    }
+
+    /// Parses and checks a packet as [`Repr::parse`] does, except for its ICRC: for a packet
+    /// whose ICRC the NIC has checked (ICRC offload, see [`Icrc::offloaded`]).
+    pub fn parse_without_icrc<T: AsRef<[u8]>>(packet: &Packet<T>) -> Result<Self, Error> {
         packet.check_len()?;
         let ip = ipv4::Repr::parse(&packet.ipv4())?;
         let udp = udp::Repr::parse(&packet.udp(), ip.src_addr, ip.dst_addr)?;
         let ib = ib::Repr::parse(&packet.ib())?;
-        packet.verify_icrc()?;
         Ok(Repr {
             src_addr: ip.src_addr,
             dst_addr: ip.dst_addr,
@@ -195,6 +202,30 @@ impl Repr {
     /// Fails like [`ib::Repr::emit`], and with [`Error::Malformed`] if the packet does not
     /// fit the 16-bit IPv4 total length.
     pub fn emit_headers(&self, buffer: &mut [u8]) -> Result<Icrc, Error> {
+        self.write_headers(buffer)?;
+        let (encapsulation, ib_bytes) = buffer.split_at(ENCAPSULATION_LEN);
+        let (ip_bytes, udp_bytes) = encapsulation.split_at(ipv4::HEADER_LEN);
+        let ip_header: &[u8; ipv4::HEADER_LEN] =
+            ip_bytes.try_into().map_err(|_| Error::Truncated)?;
+        let udp_header: &[u8; udp::HEADER_LEN] =
+            udp_bytes.try_into().map_err(|_| Error::Truncated)?;
+        let (bth_bytes, extension_headers) = ib_bytes.split_at(bth::HEADER_LEN);
+        let bth_header: &[u8; bth::HEADER_LEN] =
+            bth_bytes.try_into().map_err(|_| Error::Truncated)?;
+        let mut icrc = Icrc::begin_ipv4(ip_header, udp_header, bth_header);
+        icrc.update(&extension_headers[..self.ib.header_len() - bth::HEADER_LEN]);
+        Ok(icrc)
+    }
+
+    /// Writes the headers and pad bytes as [`Repr::emit_headers`] does, and returns an ICRC
+    /// left to the NIC ([`Icrc::offloaded`]): [`Repr::emit_icrc`] then writes zeros, which
+    /// the NIC replaces on the way out.
+    pub fn emit_headers_offloaded(&self, buffer: &mut [u8]) -> Result<Icrc, Error> {
+        self.write_headers(buffer)?;
+        Ok(Icrc::offloaded())
+    }
+
+    fn write_headers(&self, buffer: &mut [u8]) -> Result<(), Error> {
         if buffer.len() < ENCAPSULATION_LEN {
             return Err(Error::Truncated);
         }
@@ -209,18 +240,7 @@ impl Repr {
             dst_port: ROCEV2_UDP_PORT,
             payload_len: self.ib.buffer_len(),
         };
-        udp_repr.emit(&mut udp::Packet::new_unchecked(&mut *udp_bytes))?;
-
-        let ip_header: &[u8; ipv4::HEADER_LEN] =
-            (&*ip_bytes).try_into().map_err(|_| Error::Truncated)?;
-        let udp_header: &[u8; udp::HEADER_LEN] =
-            (&*udp_bytes).try_into().map_err(|_| Error::Truncated)?;
-        let (bth_bytes, extension_headers) = ib_bytes.split_at(bth::HEADER_LEN);
-        let bth_header: &[u8; bth::HEADER_LEN] =
-            bth_bytes.try_into().map_err(|_| Error::Truncated)?;
-        let mut icrc = Icrc::begin_ipv4(ip_header, udp_header, bth_header);
-        icrc.update(&extension_headers[..self.ib.header_len() - bth::HEADER_LEN]);
-        Ok(icrc)
+        udp_repr.emit(&mut udp::Packet::new_unchecked(&mut *udp_bytes))
     }
 
     /// Feeds the pad bytes to `icrc` (which has seen everything up to the end of the
@@ -306,6 +326,36 @@ mod tests {
                 icrc::compute(&buffer).unwrap(),
                 "ICRC sent little-endian"
             );
+        }
+    }
+
+    #[test]
+    fn offloaded_headers_leave_zeros_for_the_nic_and_parse_without_icrc() {
+        for payload_len in [0, 3, 1024] {
+            let repr = send_only_imm(payload_len);
+            let payload: Vec<u8> = (0..payload_len).map(|i| (i * 3) as u8).collect();
+            let mut computed = vec![0u8; repr.buffer_len()];
+            repr.emit(&mut computed, &payload).unwrap();
+            let mut offloaded = vec![0xaa; repr.buffer_len()];
+            let mut icrc = repr.emit_headers_offloaded(&mut offloaded).unwrap();
+            icrc.update_copy(&mut offloaded[repr.payload_range()], &payload);
+            repr.emit_icrc(&mut offloaded, icrc).unwrap();
+            let (body, trailer) = offloaded.split_at(offloaded.len() - ICRC_LEN);
+            assert_eq!(trailer, [0; ICRC_LEN]);
+            assert_eq!(body, &computed[..computed.len() - ICRC_LEN]);
+            // What the NIC sends is what the device would have.
+            let mut sent = offloaded.clone();
+            icrc::fill(&mut sent).unwrap();
+            assert_eq!(sent, computed);
+            // The zero placeholder fails the ICRC check and passes the parser that leaves it
+            // to the NIC; nothing else is relaxed.
+            let packet = Packet::new_checked(&offloaded[..]).unwrap();
+            assert_eq!(Repr::parse(&packet), Err(Error::BadIcrc));
+            assert_eq!(Repr::parse_without_icrc(&packet).unwrap(), repr);
+            let mut bad_checksum = offloaded.clone();
+            bad_checksum[10] ^= 1;
+            let packet = Packet::new_checked(&bad_checksum[..]).unwrap();
+            assert_eq!(Repr::parse_without_icrc(&packet), Err(Error::BadChecksum));
         }
     }
 

@@ -101,6 +101,12 @@ pub struct Net {
     pub lost: u64,
     /// Every packet sent, with its source, if recording.
     pub record: Option<Vec<(usize, Vec<u8>)>>,
+    /// The NIC computes the ICRC of every packet sent (which the devices must leave as
+    /// zeros) and drops received packets whose ICRC is wrong, as a NIC with ICRC offload
+    /// does.
+    pub nic_icrc: bool,
+    /// Packets the NIC dropped for a wrong ICRC.
+    pub nic_icrc_drops: u64,
 }
 
 impl Net {
@@ -124,6 +130,8 @@ impl Net {
             sent: 0,
             lost: 0,
             record: None,
+            nic_icrc: configs[0].icrc_offload,
+            nic_icrc_drops: 0,
         }
     }
 
@@ -134,7 +142,12 @@ impl Net {
             "packets pile up on the network: {:#?}",
             self.devices
         );
-        let packet = self.buffer[..length].to_vec();
+        let mut packet = self.buffer[..length].to_vec();
+        if self.nic_icrc {
+            let trailer = &packet[length - roce::icrc::ICRC_LEN..];
+            assert_eq!(trailer, [0; 4], "a device with ICRC offload wrote an ICRC");
+            roce::icrc::fill(&mut packet).expect("the NIC computes the ICRC");
+        }
         if let Some(record) = &mut self.record {
             record.push((from, packet.clone()));
         }
@@ -218,6 +231,10 @@ impl Net {
                 break;
             }
             let Reverse((_, _, to, packet)) = self.in_flight.pop().unwrap();
+            if self.nic_icrc && roce::icrc::verify(&packet).is_err() {
+                self.nic_icrc_drops += 1;
+                continue;
+            }
             self.devices[to].receive(&packet, self.now);
         }
         for device in &mut self.devices {
@@ -302,6 +319,9 @@ pub struct Setup {
     pub access: AccessFlags,
     /// Virtual addresses of the two regions (`None`: the devices choose).
     pub region_addr: Option<[u64; 2]>,
+    /// The devices leave the ICRC to the NIC ([`DeviceConfig::icrc_offload`]), which the
+    /// network then plays.
+    pub icrc_offload: bool,
 }
 
 impl Default for Setup {
@@ -325,6 +345,7 @@ impl Default for Setup {
             cq_depth: 1024,
             access: AccessFlags::ALL,
             region_addr: None,
+            icrc_offload: false,
         }
     }
 }
@@ -338,7 +359,8 @@ pub fn configs(mtu: Mtu) -> [DeviceConfig; 2] {
 
 /// Two devices with one connected RC QP each, and one region each.
 pub fn connect(setup: &Setup, faults: Faults, seed: u64) -> (Net, [End; 2]) {
-    let mut net = Net::new(configs(setup.mtu), faults, seed);
+    let configs = configs(setup.mtu).map(|config| config.with_icrc_offload(setup.icrc_offload));
+    let mut net = Net::new(configs, faults, seed);
     let mut ends = Vec::new();
     for (index, device) in net.devices.iter_mut().enumerate() {
         let pd = device.alloc_pd().unwrap();
