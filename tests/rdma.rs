@@ -28,18 +28,74 @@ fn run(
     loss: f64,
     capture: Option<&std::path::Path>,
 ) -> host_agent::rdmabench::RdmaBenchReport {
+    run_verified(&params(test, size, iters, loss), capture).0
+}
+
+/// Runs `params` between two VMs; every message must have completed, verified.
+fn run_verified(
+    params: &RdmaBenchParams,
+    capture: Option<&std::path::Path>,
+) -> (
+    host_agent::rdmabench::RdmaBenchReport,
+    Vec<host_agent::vm::RunReport>,
+) {
     let hello = workload(WorkloadKind::Hello, &[]);
-    let params = params(test, size, iters, loss);
     let (report, runs) = run_vms(
         &config([hello, hello]),
-        &params,
+        params,
         Duration::from_secs(240),
         capture,
     )
     .unwrap();
-    assert!(report.verified, "{test:?}: {report:#?}\n{runs:#?}");
-    assert_eq!(report.figures.messages, u64::from(iters));
-    report
+    assert!(report.verified, "{params:?}: {report:#?}\n{runs:#?}");
+    assert_eq!(report.figures.messages, u64::from(params.iters));
+    (report, runs)
+}
+
+/// The IP packets of the RoCEv2 frames (UDP port 4791) in the pcap file at `path`.
+fn captured_roce_packets(path: &std::path::Path) -> Vec<Vec<u8>> {
+    let bytes = std::fs::read(path).unwrap();
+    let mut packets = Vec::new();
+    let mut at = 24;
+    while at + 16 <= bytes.len() {
+        let len = u32::from_le_bytes(bytes[at + 8..at + 12].try_into().unwrap()) as usize;
+        let frame = &bytes[at + 16..at + 16 + len];
+        at += 16 + len;
+        if frame.len() > 38 && frame[12..14] == [0x08, 0x00] && frame[36..38] == [0x12, 0xb7] {
+            packets.push(frame[14..].to_vec());
+        }
+    }
+    packets
+}
+
+/// Checks what the VMs' NICs did with the ICRCs and that every RoCEv2 packet in the capture
+/// at `path` has a right one.
+fn check_icrcs(runs: &[host_agent::vm::RunReport], path: &std::path::Path, offloaded: bool) {
+    let packets = captured_roce_packets(path);
+    assert!(
+        packets.len() > 8,
+        "{} RoCEv2 packets captured",
+        packets.len()
+    );
+    for (index, packet) in packets.iter().enumerate() {
+        assert_eq!(roce::icrc::verify(packet), Ok(()), "packet {index}");
+    }
+    for run in runs {
+        let nic = run.nic.expect("every VM has a NIC");
+        assert_eq!(
+            (nic.tx_icrc_offloaded > 0, nic.rx_icrc_checked > 0),
+            (offloaded, offloaded),
+            "{nic:?}"
+        );
+        assert_eq!(nic.rx_bad_icrc, 0, "{nic:?}");
+        let by = if offloaded { "NIC" } else { "OS" };
+        let said = run
+            .os(Role::A)
+            .serial_lines
+            .iter()
+            .any(|line| line.ends_with(&format!("ICRC by the {by}")));
+        assert!(said, "{:#?}", run.os(Role::A).serial_lines);
+    }
 }
 
 #[test]
@@ -248,15 +304,18 @@ fn captured_rdma_traffic_decodes_as_roce_in_tshark() {
     if !kvm_available("captured_rdma_traffic_decodes_as_roce_in_tshark") {
         return;
     }
+    let path = std::env::temp_dir().join(format!("duovm-rdma-{}.pcap", std::process::id()));
+    let (_, runs) = run_verified(&params(Test::WriteBw, 2048, 4, 0.0), Some(&path));
+    // The VMs' NICs computed and checked every ICRC (the default), and the wire has them.
+    check_icrcs(&runs, &path, true);
     let tshark = std::process::Command::new("tshark").arg("-v").output();
     if tshark.is_err() {
+        let _ = std::fs::remove_file(&path);
         eprintln!(
-            "!!!! SKIPPED captured_rdma_traffic_decodes_as_roce_in_tshark: tshark is not installed !!!!"
+            "!!!! SKIPPED captured_rdma_traffic_decodes_as_roce_in_tshark (tshark part): tshark is not installed !!!!"
         );
         return;
     }
-    let path = std::env::temp_dir().join(format!("duovm-rdma-{}.pcap", std::process::id()));
-    run(Test::WriteBw, 2048, 4, 0.0, Some(&path));
     let output = std::process::Command::new("tshark")
         .args([
             "-r",
@@ -294,4 +353,21 @@ fn captured_rdma_traffic_decodes_as_roce_in_tshark() {
         "{text}"
     );
     assert!(!text.to_lowercase().contains("malformed"), "{text}");
+}
+
+#[test]
+fn without_the_icrc_offload_the_guests_compute_and_check_every_icrc() {
+    if !kvm_available("without_the_icrc_offload_the_guests_compute_and_check_every_icrc") {
+        return;
+    }
+    let path = std::env::temp_dir().join(format!("duovm-rdma-own-{}.pcap", std::process::id()));
+    for test in [Test::WriteBw, Test::ReadLat] {
+        let params = RdmaBenchParams {
+            icrc_offload: false,
+            ..params(test, 2048, 4, 0.0)
+        };
+        let (_, runs) = run_verified(&params, Some(&path));
+        check_icrcs(&runs, &path, false);
+    }
+    let _ = std::fs::remove_file(&path);
 }

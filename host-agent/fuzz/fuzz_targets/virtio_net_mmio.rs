@@ -32,6 +32,7 @@ fuzz_target!(|data: &[u8]| {
         .expect("image fits");
     let config = NetConfig {
         event_idx: data.first().is_some_and(|byte| byte & 1 != 0),
+        roce_icrc: data.first().is_some_and(|byte| byte & 2 != 0),
         ..NetConfig::default()
     };
     let mut nic =
@@ -70,6 +71,14 @@ fuzz_target!(|data: &[u8]| {
             _ => {
                 let mut frame = vec![0u8; 14 + usize::from(step[2]) * 8];
                 frame[..6].copy_from_slice(&config.mac);
+                if step[3] & 1 != 0 && frame.len() >= 38 {
+                    // Shaped like RoCEv2 (IPv4, UDP to 4791), for the ICRC offload.
+                    frame[12..14].copy_from_slice(&[0x08, 0x00]);
+                    frame[14] = 0x45;
+                    frame[23] = 17;
+                    frame[36..38].copy_from_slice(&4791u16.to_be_bytes());
+                    frame[16..18].copy_from_slice(&u16::from(step[4]).to_be_bytes());
+                }
                 let _ = peer.send(&frame);
                 nic.process_rx(&mut port);
             }
