@@ -249,6 +249,9 @@ pub struct EndpointReport {
     pub mtu: u32,
     /// The QP's local ACK timeout exponent (`4.096 µs << qp_timeout`).
     pub qp_timeout: u8,
+    /// Who computed and checked the ICRCs: `nic` (the VM's virtio-net device) or `engine`
+    /// (OS A's RDMA device).
+    pub icrc: &'static str,
     /// What this endpoint measured (its own retransmissions).
     #[serde(flatten)]
     pub figures: Figures,
@@ -259,11 +262,13 @@ pub struct EndpointReport {
 }
 
 impl EndpointReport {
-    /// The report of `params` run in `mode`; `result` is what the test did (`None` if it did
-    /// not run), `error` why it failed, if it did.
+    /// The report of `params` run in `mode` (`identity`'s ICRC offload applies in a VM);
+    /// `result` is what the test did (`None` if it did not run), `error` why it failed, if it
+    /// did.
     pub fn new(
         params: &TestParams,
         mode: &'static str,
+        identity: &Identity,
         result: Option<&TestReport>,
         error: Option<String>,
     ) -> Self {
@@ -284,6 +289,11 @@ impl EndpointReport {
             iters: params.iters,
             mtu: params.mtu.bytes(),
             qp_timeout: params.qp_timeout,
+            icrc: if mode == "vm" && identity.icrc_offload {
+                "nic"
+            } else {
+                "engine"
+            },
             figures: Figures::of(&result),
             verified: result.verified && result.messages == u64::from(params.iters),
             error,

@@ -66,8 +66,8 @@ enum Command {
     /// over TCP 18515 as ibv_rc_pingpong does and run the test, checking every byte and
     /// completion. Without --native each endpoint is a VM (OS A runs the verbs engine, OS B
     /// carries its RoCEv2 packets); with --native the same engines run as host threads.
-    /// JSON keys: test, mode, path, size, iters, mtu, qp_timeout, retry_cnt, loss, messages,
-    /// bytes, seconds, gbit_per_sec, messages_per_sec, lat_p50_us, lat_p99_us,
+    /// JSON keys: test, mode, path, size, iters, mtu, qp_timeout, retry_cnt, loss, icrc (nic
+    /// or engine: who computed the ICRCs), messages, bytes, seconds, gbit_per_sec, messages_per_sec, lat_p50_us, lat_p99_us,
     /// retransmissions, verified, error (why the run failed, or null). A step at which no PSN
     /// moves for --stall-timeout seconds fails the run; a slow one on a lossy path does not.
     RdmaBench(RdmaBenchArgs),
@@ -119,8 +119,8 @@ enum Command {
     /// for instance on a Linux host running the rdma_rxe (SoftRoCE) driver. Without --server
     /// this endpoint is the server (rc_pingpong's exchange only). Size and iterations must
     /// match the peer's (-s, -n). See docs/INTEROP.md.
-    /// JSON keys: test, mode, handshake, role, peer, size, iters, mtu, qp_timeout, messages,
-    /// bytes, seconds, gbit_per_sec, messages_per_sec, lat_p50_us, lat_p99_us, retransmissions,
+    /// JSON keys: test, mode, handshake, role, peer, size, iters, mtu, qp_timeout, icrc (nic or
+    /// engine: who computed the ICRCs), messages, bytes, seconds, gbit_per_sec, messages_per_sec, lat_p50_us, lat_p99_us, retransmissions,
     /// verified, error (why the test failed, or null).
     Rdma(RdmaArgs),
     /// Measure the two exit paths: fast (on the vCPU thread) and supervisor (handed over).
@@ -695,8 +695,12 @@ fn print_rdma_report(report: &RdmaBenchReport) {
         apps::rdma::DEFAULT_RETRY_CNT => String::new(),
         retries => format!(" x {retries} retries"),
     };
+    let icrc = match report.icrc {
+        "nic" => ", ICRC by the NICs",
+        _ => "",
+    };
     println!(
-        "rdma: {} ({}{path}), {} x {} B, MTU {}, QP timeout {}{retries}, loss {}: {}",
+        "rdma: {} ({}{path}), {} x {} B, MTU {}, QP timeout {}{retries}, loss {}{icrc}: {}",
         report.test,
         report.mode,
         report.figures.messages,
@@ -1122,7 +1126,7 @@ fn rdma(args: &RdmaArgs) -> Result<bool> {
         }
         (Some(result), "vm", error)
     };
-    let report = EndpointReport::new(&params, mode, result.as_ref(), error);
+    let report = EndpointReport::new(&params, mode, &identity, result.as_ref(), error);
     if args.vm.json {
         println!("{}", serde_json::to_string(&report)?);
     } else {

@@ -202,6 +202,9 @@ pub struct RdmaBenchReport {
     pub retry_cnt: u8,
     /// Frame loss injected.
     pub loss: f64,
+    /// Who computed and checked the ICRCs: `nic` (the VMs' virtio-net devices, the default
+    /// in VMs) or `engine` (OS A's RDMA device: natively, or with `--no-icrc-offload`).
+    pub icrc: &'static str,
     /// The client's figures; `retransmissions` counts both sides'.
     #[serde(flatten)]
     pub figures: Figures,
@@ -251,6 +254,11 @@ impl RdmaBenchReport {
             qp_timeout: params.qp_timeout(mode == "vm"),
             retry_cnt: params.retry_cnt,
             loss: params.loss,
+            icrc: if mode == "vm" && params.icrc_offload {
+                "nic"
+            } else {
+                "engine"
+            },
             figures,
             verified: both_ok
                 && client.verified

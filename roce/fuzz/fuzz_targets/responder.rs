@@ -4,7 +4,9 @@
 //! The input is a sequence of packets, each preceded by a 2-byte length and a mode byte.
 //! Mode bit 0 set: the packet is "shaped" before delivery (addresses, destination QP and
 //! the checksums/ICRC fixed) so that mutations reach the transport's checks; mode bit 1:
-//! let 1 ms pass afterwards (timers fire).
+//! let 1 ms pass afterwards (timers fire). The first byte's top bit also decides whether the
+//! device leaves the ICRC to the NIC (`DeviceConfig::icrc_offload`: received ICRCs unchecked,
+//! zeros sent).
 //!
 //! ```text
 //! cd roce/fuzz && cargo +nightly fuzz run responder
@@ -27,8 +29,11 @@ struct Target {
     guarded: [MrHandle; 2],
 }
 
-fn target() -> Target {
-    let mut device = Device::new(DeviceConfig::new(LOCAL).with_seed(1));
+fn target(icrc_offload: bool) -> Target {
+    let config = DeviceConfig::new(LOCAL)
+        .with_seed(1)
+        .with_icrc_offload(icrc_offload);
+    let mut device = Device::new(config);
     let pd = device.alloc_pd().unwrap();
     let cq = device.create_cq(256).unwrap();
     // The first region gets rkey 0x1xx at a known address, so that the fuzzer can find it.
@@ -129,7 +134,8 @@ fn shape(bytes: &mut [u8]) {
 }
 
 fuzz_target!(|data: &[u8]| {
-    let mut target = target();
+    // The ICRC left to the NIC or not, by the top bit of the first byte.
+    let mut target = target(data.first().is_some_and(|byte| byte & 0x80 != 0));
     let mut buffer = vec![0u8; target.device.max_packet_len()];
     let mut now = 1_000_000u64;
     let mut rest = data;
