@@ -135,6 +135,9 @@ pub struct NetStats {
     pub frames_received: u64,
     /// Of those, frames handed to smoltcp.
     pub frames_to_stack: u64,
+    /// Polls that ran the stack (smoltcp's sockets and the socket slots); the others only
+    /// carried RoCE packets and ring traffic.
+    pub stack_passes: u64,
     /// RoCE packets handed to OS A.
     pub roce_rx: u64,
     /// RoCE packets dropped: no pool B buffer or ring slot, or too large for a buffer.
@@ -304,6 +307,11 @@ pub struct NetService<D: Nic> {
     next_port: u16,
     next_accepted: u32,
     now_ns: u64,
+    /// The stack (smoltcp's sockets and the service's socket slots) has work this poll: a
+    /// frame went to it, a request touched a socket, or a call outside `poll` did.
+    stack_due: bool,
+    /// When smoltcp next wants to be polled (its `poll_at`, in ns), as of the last stack pass.
+    stack_deadline_ns: Option<u64>,
     stats: NetStats,
 }
 
@@ -372,6 +380,8 @@ impl<D: Nic> NetService<D> {
             next_port: EPHEMERAL_FIRST,
             next_accepted: 1,
             now_ns,
+            stack_due: true,
+            stack_deadline_ns: None,
             stats: NetStats::default(),
             config,
         })
@@ -417,6 +427,7 @@ impl<D: Nic> NetService<D> {
     /// Go on polling until [`NetService::closing`] is false, then [`NetService::abort_all`]
     /// (which [`NetService::wind_down`] does).
     pub fn close_all(&mut self) -> WindDown {
+        self.stack_due = true;
         self.pending.clear();
         let mut done = WindDown::default();
         let mut index = 0;
@@ -467,6 +478,7 @@ impl<D: Nic> NetService<D> {
 
     /// Resets every TCP connection that has not finished; returns how many.
     pub fn abort_all(&mut self) -> u32 {
+        self.stack_due = true;
         let mut reset = 0;
         for slot in &mut self.slots {
             let SlotKind::Tcp(conn) = &mut slot.kind else {
@@ -546,8 +558,29 @@ impl<D: Nic> NetService<D> {
         self.flush_pending(&mut out);
         let (busy_requests, returned) = self.serve_requests(rx, rx_return, peer_pool, &mut out);
         let busy_frames = self.receive_frames(now, &mut out);
-        self.service_sockets(&mut out);
-        self.egress(now);
+        // The stack runs when something may have given it work; a poll that only carried
+        // RoCE packets (the fast path) leaves it alone. Events or socket data waiting for
+        // ring room or pool buffers, and frames waiting for the NIC, keep it running.
+        let stack = mem::take(&mut self.stack_due)
+            || self
+                .stack_deadline_ns
+                .is_some_and(|deadline| deadline <= self.now_ns)
+            || !self.pending.is_empty()
+            || self.tx.backlog_len() > 0
+            || out.pool.free_count() == 0;
+        if stack {
+            self.stats.stack_passes += 1;
+            self.service_sockets(&mut out);
+            self.egress(now);
+            self.stack_deadline_ns = self.iface.poll_at(now, &self.sockets).map(|at| {
+                u64::try_from(at.total_micros())
+                    .unwrap_or(0)
+                    .saturating_mul(1000)
+            });
+            if !self.stack_quiet() {
+                self.stack_due = true;
+            }
+        }
         self.run_arp_timers();
         self.flush_pending(&mut out);
         let posted = out.posted;
@@ -587,11 +620,37 @@ impl<D: Nic> NetService<D> {
         }
     }
 
-    fn deadline(&mut self, now: Instant) -> Option<u64> {
+    /// Whether the stack has nothing to do until a frame, a request or smoltcp's poll time
+    /// gives it some: every UDP socket and every open connection has delivered what it
+    /// received, every listener waits for connections, and no connection is being set up
+    /// or closed (those run on every poll until they are done, as everything did before).
+    fn stack_quiet(&self) -> bool {
+        self.slots.iter().all(|slot| match &slot.kind {
+            SlotKind::Udp { socket, .. } => {
+                !self.sockets.get::<udp::Socket<'_>>(*socket).can_recv()
+            }
+            SlotKind::Listener { sockets, .. } => sockets.iter().all(|socket| {
+                matches!(
+                    self.sockets.get::<tcp::Socket<'_>>(*socket).state(),
+                    tcp::State::Listen | tcp::State::SynReceived
+                )
+            }),
+            SlotKind::Tcp(conn) => {
+                let socket = self.sockets.get::<tcp::Socket<'_>>(conn.socket);
+                conn.phase == TcpPhase::Open
+                    && !conn.closed_by_a
+                    && !socket.can_recv()
+                    && (conn.eof_sent || socket.may_recv())
+            }
+        })
+    }
+
+    fn deadline(&mut self, _now: Instant) -> Option<u64> {
+        // smoltcp's poll time as of the last stack pass; nothing since has changed it (what
+        // could, a frame or a request for the stack, makes the next poll a stack pass).
         let smoltcp = self
-            .iface
-            .poll_delay(now, &self.sockets)
-            .map(|delay| self.now_ns.saturating_add(delay.total_micros() * 1000));
+            .stack_deadline_ns
+            .map(|deadline| deadline.max(self.now_ns));
         let arp = self.arp.next_deadline();
         // Frames wait for the NIC: look again soon (or on the NIC's interrupt).
         let backlog = (self.tx.backlog_len() > 0).then(|| self.now_ns.saturating_add(20_000));
@@ -713,6 +772,8 @@ impl<D: Nic> NetService<D> {
             self.roce_tx(desc, peer_pool, out);
             return Served::Done;
         }
+        // Every other request may touch the stack.
+        self.stack_due = true;
         if desc.flags == RequestKind::Query as u32 && !self.pending.is_empty() {
             return Served::Later;
         }
@@ -942,6 +1003,7 @@ impl<D: Nic> NetService<D> {
                 Ingress::Other => {}
             }
             self.stats.frames_to_stack += 1;
+            self.stack_due = true;
             let mut phy = Phy {
                 nic: &mut self.nic,
                 tx: &mut self.tx,
@@ -967,6 +1029,9 @@ impl<D: Nic> NetService<D> {
             if self.iface.poll_egress(now, &mut phy, &mut self.sockets) == PollResult::None {
                 break;
             }
+            // What a socket sent may have changed its state (a reset sent closes it, a FIN
+            // moves it on), which the slots see on the next stack pass.
+            self.stack_due = true;
         }
     }
 

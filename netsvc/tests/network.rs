@@ -783,6 +783,69 @@ fn abort_resets_the_peer() {
 }
 
 /// Connects left to a listener on the right; returns (left handle, right handle).
+/// With a quiet TCP connection open beside it (an RDMA test's exchange connection), RoCE
+/// traffic does not run the stack on each poll; the connection still works afterwards.
+#[test]
+fn roce_traffic_leaves_a_quiet_stack_alone() {
+    let mut net = Net::new(WireConfig::default());
+    let (conn, peer) = connected_pair(&mut net, 18515);
+    // Let the handshake's last segments and their echoes settle.
+    for _ in 0..100 {
+        net.step();
+    }
+    let passes = |net: &Net| [&net.left, &net.right].map(|node| node.service.stats().stack_passes);
+    let (before, steps_before) = (passes(&net), net.steps);
+    let to_right: Vec<Vec<u8>> = (0..300)
+        .map(|psn| roce_packet(IP_LEFT, IP_RIGHT, psn, &pattern(psn as u8, 3, 512)))
+        .collect();
+    let mut sent = 0;
+    let mut got = Vec::new();
+    net.run_until(1_000_000_000, |net| {
+        // A packet or two per poll, as a request-response flow sends them.
+        for _ in 0..2 {
+            if sent < to_right.len() && net.left.client.roce_send(&to_right[sent]).is_ok() {
+                sent += 1;
+            }
+        }
+        for event in net.right.events() {
+            let Ev::RoceRx(packet) = event else {
+                panic!("unexpected {event:?}");
+            };
+            got.push(packet);
+        }
+        (got.len() == to_right.len()).then_some(())
+    });
+    assert_eq!(got, to_right);
+    let after = passes(&net);
+    let steps = net.steps - steps_before;
+    for side in 0..2 {
+        let stack = after[side] - before[side];
+        assert!(
+            stack * 10 < steps,
+            "side {side}: the stack ran on {stack} of {steps} polls"
+        );
+    }
+    // The connection is as it was: bytes cross both ways.
+    net.left.client.tcp_send(conn, b"after").unwrap();
+    let (data, _) = net.wait_for(true, |event| matches!(event, Ev::Data { .. }));
+    assert_eq!(
+        data,
+        Ev::Data {
+            handle: peer,
+            data: b"after".to_vec()
+        }
+    );
+    net.right.client.tcp_send(peer, b"back").unwrap();
+    let (data, _) = net.wait_for(false, |event| matches!(event, Ev::Data { .. }));
+    assert_eq!(
+        data,
+        Ev::Data {
+            handle: conn,
+            data: b"back".to_vec()
+        }
+    );
+}
+
 fn connected_pair(net: &mut Net, port: u16) -> (u32, u32) {
     let listener = net.right.client.tcp_listen(port, 1, 0).unwrap();
     net.wait_for(
