@@ -57,7 +57,6 @@ impl stream::Platform for IpiPlatform {
     }
 
     fn ticks_from_ns(&self, nanoseconds: u64) -> u64 {
-        let ticks = u128::from(nanoseconds) * u128::from(crate::time::tsc_khz()) / 1_000_000;
-        u64::try_from(ticks).unwrap_or(u64::MAX)
+        crate::time::tsc_ticks_from_ns(nanoseconds)
     }
 }
