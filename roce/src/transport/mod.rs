@@ -212,8 +212,7 @@ impl Device {
         self.handle_timeouts(now);
         self.counters.packets_received += 1;
         self.counters.bytes_received += packet.len() as u64;
-        // The structure is checked once for both looks at the packet (`Rocev2Repr::parse`
-        // checks it again, as the public parser must).
+        // The structure is checked once, for both looks at the packet.
         let view = match Rocev2Packet::new_checked(packet) {
             Ok(view) => view,
             Err(error) => return self.count_bad_packet(error),
@@ -221,11 +220,12 @@ impl Device {
         if self.acknowledge_duplicate(&view) {
             return;
         }
-        let parsed = if self.config.icrc_offload {
-            Rocev2Repr::parse_without_icrc(&view)
-        } else {
-            Rocev2Repr::parse(&view)
-        };
+        let parsed = Rocev2Repr::parse_checked(&view).and_then(|repr| {
+            if !self.config.icrc_offload {
+                view.verify_icrc()?;
+            }
+            Ok(repr)
+        });
         let repr = match parsed {
             Ok(repr) => repr,
             Err(error) => return self.count_bad_packet(error),

@@ -156,6 +156,13 @@ impl Repr {
     /// whose ICRC the NIC has checked (ICRC offload, see [`Icrc::offloaded`]).
     pub fn parse_without_icrc<T: AsRef<[u8]>>(packet: &Packet<T>) -> Result<Self, Error> {
         packet.check_len()?;
+        Self::parse_checked(packet)
+    }
+
+    /// Parses a packet whose structure [`Packet::check_len`] (or [`Packet::new_checked`])
+    /// has passed, as [`Repr::parse_without_icrc`] does without checking the structure again.
+    /// On a view that did not pass it, the header accessors may panic.
+    pub(crate) fn parse_checked<T: AsRef<[u8]>>(packet: &Packet<T>) -> Result<Self, Error> {
         let ip = ipv4::Repr::parse(&packet.ipv4())?;
         let udp = udp::Repr::parse(&packet.udp(), ip.src_addr, ip.dst_addr)?;
         let ib = ib::Repr::parse(&packet.ib())?;
