@@ -594,7 +594,7 @@ impl<D: Nic> NetService<D> {
         }
         let after = self.stats.requests + self.stats.frames_received + self.tx.stats.frames;
         PollOutcome {
-            deadline_ns: self.deadline(now),
+            deadline_ns: self.deadline(),
             busy: busy_requests || busy_frames,
             signal_peer,
             progress: after != before || posted > 0,
@@ -645,7 +645,7 @@ impl<D: Nic> NetService<D> {
         })
     }
 
-    fn deadline(&mut self, _now: Instant) -> Option<u64> {
+    fn deadline(&self) -> Option<u64> {
         // smoltcp's poll time as of the last stack pass; nothing since has changed it (what
         // could, a frame or a request for the stack, makes the next poll a stack pass).
         let smoltcp = self
