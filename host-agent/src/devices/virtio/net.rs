@@ -418,24 +418,23 @@ impl Net {
 const ETHERNET_HEADER_LEN: usize = 14;
 
 /// Whether `frame` is a RoCEv2 frame for the ICRC offload: IPv4 (ethertype `0x0800`, version
-/// 4), UDP, not a fragment, to UDP port 4791. Nothing else is checked here: [`roce::icrc::fill`] and [`roce::icrc::verify`] check the
-/// lengths. This is the widest reading of the frames OS B hands to OS A as RoCEv2
-/// (`netsvc::frame`), so that none reaches OS A unchecked.
+/// 4), UDP, not a fragment, to UDP port 4791. Nothing else is checked here:
+/// [`roce::icrc::fill`] and [`roce::icrc::verify`] check the lengths. This is the widest
+/// reading of the frames OS B hands to OS A as RoCEv2 (`netsvc::frame`), so that none reaches
+/// OS A unchecked.
 pub fn is_rocev2(frame: &[u8]) -> bool {
-    rocev2_port_offset(frame).is_some()
-}
-
-fn rocev2_port_offset(frame: &[u8]) -> Option<usize> {
-    let ethertype = frame.get(12..14)?;
-    let ip = frame.get(ETHERNET_HEADER_LEN..)?;
-    let first = *ip.first()?;
-    let fragment = u16::from_be_bytes([*ip.get(6)?, *ip.get(7)?]);
-    if ethertype != [0x08, 0x00] || first >> 4 != 4 || *ip.get(9)? != 17 || fragment & 0x3fff != 0 {
-        return None;
-    }
-    let port_at = usize::from(first & 0x0f) * 4 + 2;
-    let port = u16::from_be_bytes([*ip.get(port_at)?, *ip.get(port_at + 1)?]);
-    (port == roce::wire::ROCEV2_UDP_PORT).then_some(ETHERNET_HEADER_LEN + port_at)
+    let destination_port = || {
+        let ip = frame.get(ETHERNET_HEADER_LEN..)?;
+        let first = *ip.first()?;
+        let fragment = u16::from_be_bytes([*ip.get(6)?, *ip.get(7)?]);
+        let ipv4_udp = frame.get(12..14)? == [0x08, 0x00]
+            && first >> 4 == 4
+            && *ip.get(9)? == 17
+            && fragment & 0x3fff == 0;
+        let at = usize::from(first & 0x0f) * 4 + 2;
+        ipv4_udp.then(|| Some(u16::from_be_bytes([*ip.get(at)?, *ip.get(at + 1)?])))?
+    };
+    destination_port() == Some(roce::wire::ROCEV2_UDP_PORT)
 }
 
 /// The receive queue's used index, to tell whether chains were returned.
