@@ -395,7 +395,6 @@ fn params(
         qp_timeout: DEFAULT_QP_TIMEOUT,
         retry_cnt: apps::rdma::DEFAULT_RETRY_CNT,
         stall_timeout: 0,
-        icrc_offload: false,
     }
 }
 

@@ -94,7 +94,6 @@ fn rdma_pair(
         qp_timeout: apps::rdma::DEFAULT_QP_TIMEOUT,
         retry_cnt: apps::rdma::DEFAULT_RETRY_CNT,
         stall_timeout: 0,
-        icrc_offload: false,
     };
     let results: Arc<Mutex<Results>> = Arc::default();
     let mut handles = Vec::new();
@@ -181,7 +180,6 @@ fn a_peer_that_goes_silent_fails_the_client_with_retry_exc_err_then_flushes() {
         qp_timeout: 10, // 4.2 ms
         retry_cnt,
         stall_timeout: 0,
-        icrc_offload: false,
     };
     let results: Arc<Mutex<Results>> = Arc::default();
     let mut handles = Vec::new();
@@ -527,7 +525,6 @@ fn a_client_that_ends_mid_test_ends_its_server_at_once() {
             qp_timeout: apps::rdma::DEFAULT_QP_TIMEOUT,
             retry_cnt: apps::rdma::DEFAULT_RETRY_CNT,
             stall_timeout: 0,
-            icrc_offload: false,
         };
         let app: host_agent::native::NativeApp = Box::new(move |os, client| {
             let result = run_test(os, client, &params);

@@ -32,6 +32,14 @@ pub trait Os {
     fn should_stop(&mut self) -> bool {
         false
     }
+    /// Whether the NIC under OS B computes the ICRC of every RoCEv2 packet sent and drops
+    /// received ones whose ICRC is wrong (a VM's virtio-net device does, unless the host turned
+    /// it off), so that an RDMA device may leave the ICRCs to it
+    /// (`roce::verbs::DeviceConfig::with_icrc_offload`). A device that computes them anyway
+    /// still works, only slower.
+    fn roce_icrc_offload(&self) -> bool {
+        false
+    }
 }
 
 /// Logs a formatted line through an [`Os`].

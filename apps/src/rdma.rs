@@ -157,10 +157,6 @@ pub struct TestParams {
     /// no step done) before the test fails; 0 means [`DEFAULT_STALL_TIMEOUT`]. A slow step
     /// on a lossy path goes on as long as PSNs move.
     pub stall_timeout: u16,
-    /// The NIC computes and checks the ICRCs (`roce::verbs::DeviceConfig::icrc_offload`):
-    /// in a VM whose virtio-net device offers it (`shm_ring::bootinfo::OFFLOAD_ROCE_ICRC`).
-    /// Not among the workload's arguments: the guest has it from its network configuration.
-    pub icrc_offload: bool,
 }
 
 /// Seconds a step may go without headway unless told otherwise.
@@ -208,7 +204,6 @@ impl TestParams {
                 .filter(|retries| *retries <= DEFAULT_RETRY_CNT)
                 .unwrap_or(DEFAULT_RETRY_CNT),
             stall_timeout: (args[5] >> 48) as u16,
-            icrc_offload: false,
         })
     }
 }
@@ -910,7 +905,7 @@ pub fn run_test(
         Handshake::Perftest => perftest::region_len(size),
     };
     let seed = os.now_ns();
-    let mut config = DeviceConfig::new(params.local).with_icrc_offload(params.icrc_offload);
+    let mut config = DeviceConfig::new(params.local).with_icrc_offload(os.roce_icrc_offload());
     config.seed = seed;
     let mut device = Device::new(config);
     let resources = set_up(&mut device, region, seed)?;
@@ -1666,7 +1661,6 @@ mod tests {
             qp_timeout: 18,
             retry_cnt: 3,
             stall_timeout: 5,
-            icrc_offload: false,
         };
         let (args, flags) = params.to_args();
         assert_eq!(TestParams::from_args(args, flags, local), Some(params));

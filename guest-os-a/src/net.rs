@@ -17,12 +17,18 @@ use shm_ring::pool::owner_storage_words;
 #[derive(Debug)]
 pub struct GuestOs {
     peer: Peer,
+    /// The boot information promises the RoCEv2 ICRC offload.
+    roce_icrc_offload: bool,
 }
 
 impl GuestOs {
-    /// The OS of the running kernel, talking to `peer`.
-    pub fn new(peer: Peer) -> GuestOs {
-        GuestOs { peer }
+    /// The OS of the running kernel, talking to `peer`, on the NIC `platform`'s boot
+    /// information describes.
+    pub fn new(platform: &Platform, peer: Peer) -> GuestOs {
+        GuestOs {
+            peer,
+            roce_icrc_offload: platform.boot_info.net.roce_icrc_offload(),
+        }
     }
 }
 
@@ -60,6 +66,10 @@ impl Os for GuestOs {
 
     fn should_stop(&mut self) -> bool {
         guest_rt::control::end_requested()
+    }
+
+    fn roce_icrc_offload(&self) -> bool {
+        self.roce_icrc_offload
     }
 }
 
@@ -101,7 +111,7 @@ pub fn run(
         println!("net: asked to end before OS B was up");
         return Status::Failed;
     }
-    match app(&mut GuestOs::new(*peer), &mut client) {
+    match app(&mut GuestOs::new(platform, *peer), &mut client) {
         Outcome::Success => Status::Success,
         Outcome::Failed => Status::Failed,
     }

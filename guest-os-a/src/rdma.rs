@@ -16,11 +16,10 @@ pub fn run(platform: &Platform, peer: &Peer, os: &mut GuestOs, client: &mut NetC
     let info = &platform.boot_info;
     let args = info.workload.args;
     let local = Ipv4Addr::from(info.net.ipv4);
-    let Some(mut params) = TestParams::from_args(args, info.workload.flags, local) else {
+    let Some(params) = TestParams::from_args(args, info.workload.flags, local) else {
         println!("rdma: unknown test {}", args[0]);
         return Outcome::Failed;
     };
-    params.icrc_offload = info.net.roce_icrc_offload();
     let test = params.test;
     let server = params.server;
     let role = if server.is_some() { "client" } else { "server" };
@@ -30,7 +29,11 @@ pub fn run(platform: &Platform, peer: &Peer, os: &mut GuestOs, client: &mut NetC
         params.iters,
         params.size,
         params.mtu.bytes(),
-        if params.icrc_offload { "NIC" } else { "OS" }
+        if apps::Os::roce_icrc_offload(os) {
+            "NIC"
+        } else {
+            "OS"
+        }
     );
     match run_test(os, client, &params) {
         Ok(result) => {

@@ -135,7 +135,6 @@ pub fn native_member(
 ) -> (NativeMember, ReportSlot) {
     let mut params = *params;
     params.local = identity.ipv4;
-    params.icrc_offload = false;
     let result: ReportSlot = Arc::default();
     let slot = result.clone();
     let app: NativeApp = Box::new(move |os, client| match run_test(os, client, &params) {

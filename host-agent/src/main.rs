@@ -1072,8 +1072,6 @@ fn rdma(args: &RdmaArgs) -> Result<bool> {
         }),
         retry_cnt: args.qp.retry_cnt,
         stall_timeout: args.qp.stall_timeout,
-        // OS A learns it from its boot information.
-        icrc_offload: false,
     };
     let identity = Identity {
         mac: args.mac,

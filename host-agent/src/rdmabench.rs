@@ -295,8 +295,6 @@ fn side_params(params: &RdmaBenchParams, index: u8, vm: bool) -> TestParams {
         qp_timeout: params.qp_timeout(vm),
         retry_cnt: params.retry_cnt,
         stall_timeout: params.stall_timeout,
-        // A VM's OS A learns it from its boot information.
-        icrc_offload: false,
     }
 }
 
