@@ -305,8 +305,9 @@ fn captured_rdma_traffic_decodes_as_roce_in_tshark() {
         return;
     }
     let path = std::env::temp_dir().join(format!("duovm-rdma-{}.pcap", std::process::id()));
-    let (_, runs) = run_verified(&params(Test::WriteBw, 2048, 4, 0.0), Some(&path));
+    let (report, runs) = run_verified(&params(Test::WriteBw, 2048, 4, 0.0), Some(&path));
     // The VMs' NICs computed and checked every ICRC (the default), and the wire has them.
+    assert_eq!(report.icrc, "nic");
     check_icrcs(&runs, &path, true);
     let tshark = std::process::Command::new("tshark").arg("-v").output();
     if tshark.is_err() {
@@ -366,7 +367,8 @@ fn without_the_icrc_offload_the_guests_compute_and_check_every_icrc() {
             icrc_offload: false,
             ..params(test, 2048, 4, 0.0)
         };
-        let (_, runs) = run_verified(&params, Some(&path));
+        let (report, runs) = run_verified(&params, Some(&path));
+        assert_eq!(report.icrc, "engine");
         check_icrcs(&runs, &path, false);
     }
     let _ = std::fs::remove_file(&path);
