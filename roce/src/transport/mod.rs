@@ -365,7 +365,9 @@ impl Device {
                     self.counters.packets_sent += 1;
                     self.counters.bytes_sent += length as u64;
                     self.note_timers(slot);
-                    self.schedule.rotate_left(1);
+                    // To the back of the line (`rotate_left(1)` costs more than this).
+                    self.schedule.pop_front();
+                    self.schedule.push_back(slot);
                     return Some(length);
                 }
                 Transmit::NoRoom => return None,
@@ -428,18 +430,23 @@ impl Device {
         self.qps
             .iter()
             .flatten()
-            .flat_map(|qp| [qp.comp.deadline, qp.req.rnr_until])
-            .flatten()
-            .min()
+            .fold(None, |floor, qp| earliest(floor, qp.next_deadline()))
     }
 
     /// Runs the timers that expired at `now`: retransmission (go-back-N, or
     /// `RETRY_EXC_ERR` when the retries are used up) and the end of RNR waits.
+    #[inline]
     pub fn handle_timeouts(&mut self, now: u64) {
-        match self.timer_floor {
-            Some(floor) if floor <= now => {}
-            _ => return,
+        // Every entry point comes here first, and almost always no timer is due: that check
+        // stays inline, the walk over the QPs does not.
+        if self.timer_floor.is_some_and(|floor| floor <= now) {
+            self.run_timers(now);
         }
+    }
+
+    /// [`Device::handle_timeouts`] once some timer is due.
+    #[inline(never)]
+    fn run_timers(&mut self, now: u64) {
         let mut floor: Option<u64> = None;
         for slot in 0..self.qps.len() {
             let Device {
@@ -467,9 +474,7 @@ impl Device {
                 completer::on_timeout(qp, &mut env);
                 fired = true;
             }
-            for deadline in [qp.comp.deadline, qp.req.rnr_until].into_iter().flatten() {
-                floor = Some(floor.map_or(deadline, |floor| floor.min(deadline)));
-            }
+            floor = earliest(floor, qp.next_deadline());
             if fired {
                 self.schedule(slot);
             }
@@ -480,12 +485,7 @@ impl Device {
     /// Lowers the timer floor to the QP's deadlines.
     fn note_timers(&mut self, slot: usize) {
         if let Some(Some(qp)) = self.qps.get(slot) {
-            for deadline in [qp.comp.deadline, qp.req.rnr_until].into_iter().flatten() {
-                self.timer_floor = Some(
-                    self.timer_floor
-                        .map_or(deadline, |floor| floor.min(deadline)),
-                );
-            }
+            self.timer_floor = earliest(self.timer_floor, qp.next_deadline());
         }
     }
 
@@ -497,6 +497,15 @@ impl Device {
     /// The longest packet [`Device::poll_transmit`] writes: a buffer this long always fits.
     pub fn max_packet_len(&self) -> usize {
         max_packet_len(self.config.active_mtu.bytes())
+    }
+}
+
+/// The earlier of two optional times.
+pub(crate) fn earliest(a: Option<u64>, b: Option<u64>) -> Option<u64> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, None) => a,
+        (None, b) => b,
     }
 }
 

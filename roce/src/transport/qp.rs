@@ -342,6 +342,11 @@ impl QueuePair {
         }
     }
 
+    /// The earlier of the retransmission deadline and the end of an RNR wait, if either runs.
+    pub(crate) fn next_deadline(&self) -> Option<u64> {
+        super::earliest(self.comp.deadline, self.req.rnr_until)
+    }
+
     /// Whether the requester is allowed to send (RTS, or SQD finishing started requests).
     pub(crate) fn can_send(&self) -> bool {
         matches!(self.state, QpState::Rts | QpState::Sqd)

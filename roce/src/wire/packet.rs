@@ -37,6 +37,15 @@ struct Layout {
     icrc_start: usize,
 }
 
+impl Layout {
+    /// Where `header` lies, if the opcode implies it and the buffer holds it.
+    fn ext_range(&self, header: ExtHeader) -> Option<core::ops::Range<usize>> {
+        let start = bth::HEADER_LEN + self.headers.offset(header)?;
+        let end = start + header.header_len();
+        (end <= self.header_len).then_some(start..end)
+    }
+}
+
 checked_view!("A view of an IB packet; the buffer must be exactly the packet (the UDP payload).");
 
 impl<T: AsRef<[u8]>> Packet<T> {
@@ -83,10 +92,7 @@ impl<T: AsRef<[u8]>> Packet<T> {
     }
 
     fn ext_range(&self, header: ExtHeader) -> Option<core::ops::Range<usize>> {
-        let layout = self.layout();
-        let start = bth::HEADER_LEN + layout.headers.offset(header)?;
-        let end = start + header.header_len();
-        (end <= layout.header_len).then_some(start..end)
+        self.layout().ext_range(header)
     }
 
     /// The BTH.
@@ -338,22 +344,43 @@ impl Repr {
     /// Parses an IB packet (without checking its ICRC).
     pub fn parse<T: AsRef<[u8]>>(packet: &Packet<T>) -> Result<Self, Error> {
         packet.check_len()?;
+        Self::parse_checked(packet)
+    }
+
+    /// Parses a packet whose structure [`Packet::check_len`] has passed, as [`Repr::parse`]
+    /// does without checking it again. On a view that did not pass it, the header accessors
+    /// may panic.
+    pub(crate) fn parse_checked<T: AsRef<[u8]>>(packet: &Packet<T>) -> Result<Self, Error> {
+        // One layout for every part: each accessor of `Packet` would compute it again.
+        let layout = packet.layout();
+        let buffer = packet.buffer.as_ref();
+        let ext = |header| layout.ext_range(header).map(|range| &buffer[range]);
         Ok(Repr {
             bth: bth::Repr::parse(&packet.bth())?,
-            deth: packet.deth().map(|p| deth::Repr::parse(&p)).transpose()?,
-            reth: packet.reth().map(|p| reth::Repr::parse(&p)).transpose()?,
-            aeth: packet.aeth().map(|p| aeth::Repr::parse(&p)).transpose()?,
-            atomic_eth: packet
-                .atomic_eth()
-                .map(|p| atomic_eth::Repr::parse(&p))
+            deth: ext(ExtHeader::Deth)
+                .map(|bytes| deth::Repr::parse(&deth::Packet::new_unchecked(bytes)))
                 .transpose()?,
-            atomic_ack_eth: packet
-                .atomic_ack_eth()
-                .map(|p| atomic_ack_eth::Repr::parse(&p))
+            reth: ext(ExtHeader::Reth)
+                .map(|bytes| reth::Repr::parse(&reth::Packet::new_unchecked(bytes)))
                 .transpose()?,
-            immdt: packet.immdt().map(|p| immdt::Repr::parse(&p)).transpose()?,
-            ieth: packet.ieth().map(|p| ieth::Repr::parse(&p)).transpose()?,
-            payload_len: packet.payload().len(),
+            aeth: ext(ExtHeader::Aeth)
+                .map(|bytes| aeth::Repr::parse(&aeth::Packet::new_unchecked(bytes)))
+                .transpose()?,
+            atomic_eth: ext(ExtHeader::AtomicEth)
+                .map(|bytes| atomic_eth::Repr::parse(&atomic_eth::Packet::new_unchecked(bytes)))
+                .transpose()?,
+            atomic_ack_eth: ext(ExtHeader::AtomicAckEth)
+                .map(|bytes| {
+                    atomic_ack_eth::Repr::parse(&atomic_ack_eth::Packet::new_unchecked(bytes))
+                })
+                .transpose()?,
+            immdt: ext(ExtHeader::ImmDt)
+                .map(|bytes| immdt::Repr::parse(&immdt::Packet::new_unchecked(bytes)))
+                .transpose()?,
+            ieth: ext(ExtHeader::Ieth)
+                .map(|bytes| ieth::Repr::parse(&ieth::Packet::new_unchecked(bytes)))
+                .transpose()?,
+            payload_len: layout.payload_end - layout.header_len,
         })
     }
 
@@ -413,28 +440,37 @@ impl Repr {
             return Err(Error::Malformed);
         }
         self.bth.emit(&mut packet.bth_mut());
-        if let (Some(repr), Some(mut view)) = (self.deth, packet.deth_mut()) {
-            repr.emit(&mut view);
+        // One layout for every part, as in `parse_checked`.
+        let layout = packet.layout();
+        let buffer = packet.buffer.as_mut();
+        if let (Some(repr), Some(range)) = (self.deth, layout.ext_range(ExtHeader::Deth)) {
+            repr.emit(&mut deth::Packet::new_unchecked(&mut buffer[range]));
         }
-        if let (Some(repr), Some(mut view)) = (self.reth, packet.reth_mut()) {
-            repr.emit(&mut view);
+        if let (Some(repr), Some(range)) = (self.reth, layout.ext_range(ExtHeader::Reth)) {
+            repr.emit(&mut reth::Packet::new_unchecked(&mut buffer[range]));
         }
-        if let (Some(repr), Some(mut view)) = (self.aeth, packet.aeth_mut()) {
-            repr.emit(&mut view);
+        if let (Some(repr), Some(range)) = (self.aeth, layout.ext_range(ExtHeader::Aeth)) {
+            repr.emit(&mut aeth::Packet::new_unchecked(&mut buffer[range]));
         }
-        if let (Some(repr), Some(mut view)) = (self.atomic_eth, packet.atomic_eth_mut()) {
-            repr.emit(&mut view);
+        if let (Some(repr), Some(range)) = (self.atomic_eth, layout.ext_range(ExtHeader::AtomicEth))
+        {
+            repr.emit(&mut atomic_eth::Packet::new_unchecked(&mut buffer[range]));
         }
-        if let (Some(repr), Some(mut view)) = (self.atomic_ack_eth, packet.atomic_ack_eth_mut()) {
-            repr.emit(&mut view);
+        if let (Some(repr), Some(range)) = (
+            self.atomic_ack_eth,
+            layout.ext_range(ExtHeader::AtomicAckEth),
+        ) {
+            repr.emit(&mut atomic_ack_eth::Packet::new_unchecked(
+                &mut buffer[range],
+            ));
         }
-        if let (Some(repr), Some(mut view)) = (self.immdt, packet.immdt_mut()) {
-            repr.emit(&mut view);
+        if let (Some(repr), Some(range)) = (self.immdt, layout.ext_range(ExtHeader::ImmDt)) {
+            repr.emit(&mut immdt::Packet::new_unchecked(&mut buffer[range]));
         }
-        if let (Some(repr), Some(mut view)) = (self.ieth, packet.ieth_mut()) {
-            repr.emit(&mut view);
+        if let (Some(repr), Some(range)) = (self.ieth, layout.ext_range(ExtHeader::Ieth)) {
+            repr.emit(&mut ieth::Packet::new_unchecked(&mut buffer[range]));
         }
-        packet.pad_mut().fill(0);
+        buffer[layout.payload_end..layout.icrc_start].fill(0);
         Ok(())
     }
 }

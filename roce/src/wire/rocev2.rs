@@ -165,7 +165,7 @@ impl Repr {
     pub(crate) fn parse_checked<T: AsRef<[u8]>>(packet: &Packet<T>) -> Result<Self, Error> {
         let ip = ipv4::Repr::parse(&packet.ipv4())?;
         let udp = udp::Repr::parse(&packet.udp(), ip.src_addr, ip.dst_addr)?;
-        let ib = ib::Repr::parse(&packet.ib())?;
+        let ib = ib::Repr::parse_checked(&packet.ib())?;
         Ok(Repr {
             src_addr: ip.src_addr,
             dst_addr: ip.dst_addr,
