@@ -198,13 +198,13 @@ enum WorkloadArg {
 #[derive(Debug, Args)]
 struct RingBenchArgs {
     /// Descriptors to move.
-    #[arg(long, default_value_t = 100_000)]
+    #[arg(long, default_value_t = 100_000, value_parser = clap::value_parser!(u64).range(1..))]
     descriptors: u64,
     /// Payload bytes per descriptor (16 to 2048).
-    #[arg(long, default_value_t = 64)]
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u64).range(16..=2048))]
     size: u64,
     /// Descriptors per batch.
-    #[arg(long, default_value_t = 32)]
+    #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u64).range(1..))]
     batch: u64,
     /// How long a side (OS A waiting for room or buffers, OS B waiting for descriptors) polls
     /// the rings before it raises its wake-up flag and sleeps, in microseconds of guest time.
@@ -285,13 +285,13 @@ struct RdmaBenchArgs {
     #[arg(long, value_enum, default_value = "write-bw")]
     test: TestArg,
     /// Message size in bytes.
-    #[arg(long, default_value_t = 65536)]
+    #[arg(long, default_value_t = 65536, value_parser = clap::value_parser!(u32).range(1..))]
     size: u32,
     /// Messages.
-    #[arg(long, default_value_t = 100)]
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..))]
     iters: u32,
-    /// Frame loss the switch injects (0 to 1).
-    #[arg(long, default_value_t = 0.0)]
+    /// Frame loss the switch injects (at least 0, below 1).
+    #[arg(long, default_value_t = 0.0, value_parser = parse_loss)]
     loss: f64,
     /// Path MTU (256, 512, 1024, 2048 or 4096; at most 1024 on the 1500-byte switch).
     #[arg(long, default_value_t = 1024)]
@@ -378,25 +378,25 @@ struct BenchSuiteArgs {
     #[arg(long)]
     native: bool,
     /// Goodput rounds [default: native 5, VM 1].
-    #[arg(long)]
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
     runs: Option<u32>,
     /// Latency pairs [default: native 9, VM 1].
-    #[arg(long)]
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
     lat_pairs: Option<u32>,
     /// UDP datagrams per goodput measurement [default: native 320000, VM 200].
-    #[arg(long)]
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
     udp_count: Option<u64>,
     /// TCP writes of 64 KiB per goodput measurement [default: native 2000, VM 4].
-    #[arg(long)]
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
     tcp_count: Option<u64>,
     /// Round trips per UDP and TCP measurement [default: native 2000, VM 20].
-    #[arg(long)]
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
     rtt_count: Option<u64>,
     /// RDMA WRITEs of 64 KiB [default: native 5000, VM 4].
-    #[arg(long)]
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
     rdma_iters: Option<u32>,
     /// write_lat round trips [default: native 2000, VM 20].
-    #[arg(long)]
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
     lat_iters: Option<u32>,
     #[command(flatten)]
     spin: NativeSpinArgs,
@@ -435,10 +435,10 @@ struct RdmaArgs {
     #[arg(long, default_value = "02:d0:00:00:00:0b", value_parser = parse_mac)]
     mac: [u8; 6],
     /// Message size in bytes (ibv_rc_pingpong's and perftest's -s).
-    #[arg(long, default_value_t = 4096)]
+    #[arg(long, default_value_t = 4096, value_parser = clap::value_parser!(u32).range(1..))]
     size: u32,
     /// Messages (ibv_rc_pingpong's and perftest's -n).
-    #[arg(long, default_value_t = 1000)]
+    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..))]
     iters: u32,
     /// TCP port of the connection exchange.
     #[arg(long, default_value_t = roce::oob::DEFAULT_PORT)]
@@ -622,6 +622,18 @@ fn parse_cidr(text: &str) -> Result<(std::net::Ipv4Addr, u8), String> {
 }
 
 /// Parses `aa:bb:cc:dd:ee:ff`.
+/// A loss probability: at least 0 and below 1 (a link that loses everything never connects).
+fn parse_loss(text: &str) -> Result<f64, String> {
+    let loss: f64 = text
+        .parse()
+        .map_err(|_| format!("`{text}` is not a number"))?;
+    if (0.0..1.0).contains(&loss) {
+        Ok(loss)
+    } else {
+        Err(format!("{loss} is not at least 0 and below 1"))
+    }
+}
+
 fn parse_mac(text: &str) -> Result<[u8; 6], String> {
     let parts: Vec<&str> = text.split(':').collect();
     let mut mac = [0u8; 6];
@@ -668,9 +680,6 @@ fn print_ring_report(report: &RingBenchReport) {
 }
 
 fn ring_bench(args: &RingBenchArgs) -> Result<bool> {
-    if !(16..=2048).contains(&args.size) || args.batch == 0 || args.descriptors == 0 {
-        anyhow::bail!("--size must be 16 to 2048, --batch and --descriptors at least 1");
-    }
     let params = RingBenchParams {
         descriptors: args.descriptors,
         size: args.size,
@@ -783,9 +792,6 @@ fn path_mtu(bytes: u32) -> Result<Mtu> {
 
 fn rdma_bench(args: &RdmaBenchArgs) -> Result<bool> {
     let mtu = path_mtu(args.mtu)?;
-    if !(0.0..1.0).contains(&args.loss) || args.iters == 0 || args.size == 0 {
-        anyhow::bail!("--loss must be in [0, 1), --iters and --size at least 1");
-    }
     let params = RdmaBenchParams {
         test: args.test.test(),
         size: args.size,
@@ -1009,16 +1015,6 @@ fn bench_suite(args: &BenchSuiteArgs) -> Result<bool> {
         rdma_iters: args.rdma_iters.unwrap_or(defaults.rdma_iters),
         lat_iters: args.lat_iters.unwrap_or(defaults.lat_iters),
     };
-    if params.runs == 0
-        || params.lat_pairs == 0
-        || params.udp_count == 0
-        || params.tcp_count == 0
-        || params.rtt_count == 0
-        || params.rdma_iters == 0
-        || params.lat_iters == 0
-    {
-        anyhow::bail!("--runs, --lat-pairs and every count must be at least 1");
-    }
     let json = args.vm.json;
     let progress = |line: &str| {
         if !json {
@@ -1045,9 +1041,6 @@ fn bench_suite(args: &BenchSuiteArgs) -> Result<bool> {
 
 fn rdma(args: &RdmaArgs) -> Result<bool> {
     let mtu = path_mtu(args.mtu)?;
-    if args.iters == 0 || args.size == 0 {
-        anyhow::bail!("--iters and --size must be at least 1");
-    }
     let handshake = match args.handshake {
         HandshakeArg::RcPingpong => Handshake::RcPingpong,
         HandshakeArg::Perftest => Handshake::Perftest,

@@ -55,13 +55,45 @@ fn a_run_where_nothing_gets_through_fails_after_the_stall_timeout_and_says_why()
 
 #[test]
 fn bad_arguments_are_refused_plainly() {
-    let output = Command::new(env!("CARGO_BIN_EXE_host-agent"))
-        .args(["rdma-bench", "--native", "--stall-timeout", "0"])
-        .output()
-        .expect("run host-agent rdma-bench");
-    assert!(!output.status.success());
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(stderr.contains("--stall-timeout"), "{stderr}");
+    // Each names the argument and the value it refuses, before anything starts.
+    let cases: [(&[&str], &str); 7] = [
+        (
+            &["rdma-bench", "--native", "--stall-timeout", "0"],
+            "--stall-timeout",
+        ),
+        (
+            &["rdma-bench", "--native", "--size", "0"],
+            "'0' for '--size",
+        ),
+        (
+            &["rdma-bench", "--native", "--iters", "0"],
+            "'0' for '--iters",
+        ),
+        (
+            &["rdma-bench", "--native", "--loss", "1"],
+            "'1' for '--loss",
+        ),
+        (
+            &["rdma-bench", "--native", "--loss=-0.5"],
+            "'-0.5' for '--loss",
+        ),
+        (
+            &["bench-suite", "--native", "--lat-pairs", "0"],
+            "'0' for '--lat-pairs",
+        ),
+        (&["ring-bench", "--size", "8"], "8 is not in 16..=2048"),
+    ];
+    for (args, expected) in cases {
+        let started = std::time::Instant::now();
+        let output = Command::new(env!("CARGO_BIN_EXE_host-agent"))
+            .args(args)
+            .output()
+            .expect("run host-agent");
+        assert_eq!(output.status.code(), Some(2), "{args:?}");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(stderr.contains(expected), "{args:?}: {stderr}");
+        assert!(started.elapsed() < std::time::Duration::from_secs(5));
+    }
 }
 
 #[test]
