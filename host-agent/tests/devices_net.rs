@@ -146,6 +146,33 @@ fn frames_without_buffers_are_dropped_and_counted() {
 }
 
 #[test]
+fn the_device_asks_for_receive_notifications_only_once_its_buffers_ran_out() {
+    let (mut driver, mut port, mut peer, _switch) = driver_and_peer();
+    // A frame finding no buffer is dropped, so a notification that buffers were added wakes
+    // nothing: while buffers are left, the device asks for none (each is a VM exit).
+    assert_eq!(driver.used_flags(RX), 0);
+    driver.post_rx(2, 2048);
+    peer.send(&frame(MAC_A, MAC_PEER, 1, 10)).unwrap();
+    driver.nic().process_rx(&mut port);
+    assert_eq!(
+        driver.used_flags(RX),
+        1,
+        "a buffer is left: no notifications"
+    );
+    peer.send(&frame(MAC_A, MAC_PEER, 2, 10)).unwrap();
+    peer.send(&frame(MAC_A, MAC_PEER, 3, 10)).unwrap();
+    driver.nic().process_rx(&mut port);
+    assert_eq!(driver.used_flags(RX), 0, "out of buffers: notify again");
+    assert_eq!(driver.nic().counters().rx_dropped_no_buffer, 1);
+    assert_eq!(driver.receive().len(), 2);
+    // The transmit queue's notifications are what wakes the worker: never suppressed.
+    driver.send(&frame(MAC_PEER, MAC_A, 4, 10));
+    driver.nic().process_tx(&mut port);
+    assert_eq!(driver.used_flags(TX), 0);
+    assert_eq!(peer.receive_timeout(TIMEOUT).map(|f| sequence(&f)), Some(4));
+}
+
+#[test]
 fn malformed_transmit_chains_are_returned_unsent() {
     let (mut driver, mut port, peer, _switch) = driver_and_peer();
     let chains = [

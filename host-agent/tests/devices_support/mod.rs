@@ -287,6 +287,14 @@ impl Driver {
             .store(flags, Ordering::Release);
     }
 
+    /// The used ring's flags, as the device wrote them (1: no notifications, please).
+    pub fn used_flags(&self, queue: u16) -> u16 {
+        let queue = &self.queues[usize::from(queue)];
+        atomic_u16(&self.memory, GuestAddress(queue.used))
+            .unwrap()
+            .load(Ordering::Acquire)
+    }
+
     /// Overwrites the available index (for tests of a hostile driver).
     pub fn set_avail_idx(&mut self, queue: u16, value: u16) {
         let queue = &mut self.queues[usize::from(queue)];

@@ -364,9 +364,17 @@ impl Net {
                 return RxOutcome::NoBuffer;
             }
         };
+        // A frame that finds no buffer is dropped, never held, so the driver's notification
+        // that it added receive buffers wakes nothing here: ask it not to send one (each is a
+        // VM exit) while buffers are left, and to send one again once they ran out. (Setting
+        // the flag cannot fail on a queue `pop_available` just used.)
         let chain = match queue.pop_available(&memory) {
-            Ok(Some(chain)) => chain,
+            Ok(Some(chain)) => {
+                let _ = queue.set_notification(&memory, false);
+                chain
+            }
             Ok(None) => {
+                let _ = queue.set_notification(&memory, true);
                 self.counters.rx_dropped_no_buffer += 1;
                 return RxOutcome::NoBuffer;
             }

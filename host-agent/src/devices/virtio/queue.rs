@@ -384,6 +384,8 @@ pub struct Queue {
     next_used: u16,
     /// Used index when the driver was last considered for an interrupt (event index mode).
     signalled_used: u16,
+    /// The used ring's flags as this device last wrote them (0 until it writes them).
+    used_flags: u16,
 }
 
 impl Queue {
@@ -400,6 +402,7 @@ impl Queue {
             next_avail: 0,
             next_used: 0,
             signalled_used: 0,
+            used_flags: 0,
         }
     }
 
@@ -502,6 +505,7 @@ impl Queue {
         self.next_avail = 0;
         self.next_used = 0;
         self.signalled_used = 0;
+        self.used_flags = 0;
         self.ready = true;
         Ok(())
     }
@@ -749,6 +753,32 @@ impl Queue {
             self.next_used,
             Ordering::Release,
         )
+    }
+
+    /// Asks the driver to notify this queue when it makes buffers available (`enabled`), or
+    /// not to (`VIRTQ_USED_F_NO_NOTIFY` in the used ring's flags). The driver may notify
+    /// anyway: the flag only saves it the exits. With the event index negotiated this does
+    /// nothing: there [`Queue::pop_available`] asks for the next notification through
+    /// `avail_event` whenever it finds the queue empty.
+    ///
+    /// A device that sleeps until notified must enable notifications, then (after a full
+    /// fence) look at the queue once more before it sleeps, or it may miss a buffer added
+    /// meanwhile.
+    pub fn set_notification(
+        &mut self,
+        memory: &GuestMemory,
+        enabled: bool,
+    ) -> Result<(), QueueError> {
+        if !self.ready {
+            return Err(QueueError::NotReady);
+        }
+        let flags = if enabled { 0 } else { VIRTQ_USED_F_NO_NOTIFY };
+        if self.features.event_idx || flags == self.used_flags {
+            return Ok(());
+        }
+        self.store(memory, self.used_field(0), flags, Ordering::Relaxed)?;
+        self.used_flags = flags;
+        Ok(())
     }
 
     /// Whether the driver wants an interrupt for the used entries published since the last call
