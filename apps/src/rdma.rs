@@ -376,6 +376,22 @@ fn send_window(size: u32, mtu: Mtu) -> u64 {
     window.clamp(4, TX_DEPTH).min(depth(size)) as u64
 }
 
+/// Bytes a side of `test` registers under the `ibv_rc_pingpong` exchange: what its buffers
+/// need, at least a page. SENDs need their posted receives ([`depth`] of them); `write_bw` its
+/// window's buffers on the client and the slots on the server; the latency tests one message
+/// each way. (Registering more costs its zeroing, which is slow where guest instructions are
+/// emulated: 4 MiB took a guest about 0.4 s.)
+fn region_len(test: Test, size: u32, mtu: Mtu) -> u64 {
+    let bytes = u64::from(size);
+    let len = match test {
+        Test::Pingpong | Test::SendBw => bytes * depth(size) as u64,
+        Test::WriteBw => bytes * send_window(size, mtu).max(write_slots(size)),
+        Test::WriteLat => write_lat_outgoing(size) as u64 + bytes,
+        Test::ReadLat | Test::AtomicLat => bytes,
+    };
+    len.max(4096)
+}
+
 /// Slots of `size` bytes the `write_bw` client WRITEs into, round robin, in the server's
 /// region: as many as fit in [`WORKING_SET`], 2 to 16. The server checks that each holds the
 /// last message written to it.
@@ -901,7 +917,7 @@ pub fn run_test(
         params.size.max(1)
     };
     let region = match params.handshake {
-        Handshake::RcPingpong => (u64::from(size) * depth(size) as u64).max(4096),
+        Handshake::RcPingpong => region_len(params.test, size, params.mtu),
         Handshake::Perftest => perftest::region_len(size),
     };
     let seed = os.now_ns();
@@ -1718,6 +1734,44 @@ mod tests {
             }
             assert!(write_slots(size) == 2 || write_slots(size) * u64::from(size) <= WORKING_SET);
         }
+    }
+
+    #[test]
+    fn each_test_registers_what_its_buffers_need_and_no_more() {
+        let tests = [
+            Test::WriteBw,
+            Test::WriteLat,
+            Test::ReadLat,
+            Test::SendBw,
+            Test::AtomicLat,
+            Test::Pingpong,
+        ];
+        for size in [1u32, 8, 64, 1000, 4096, 65536, 1 << 20, 4 << 20] {
+            for mtu in [Mtu::Mtu256, Mtu::Mtu1024, Mtu::Mtu4096] {
+                let bytes = u64::from(size);
+                for test in tests {
+                    let region = region_len(test, size, mtu);
+                    let needed = match test {
+                        // The client's window of buffers, the server's slots.
+                        Test::WriteBw => {
+                            (send_window(size, mtu) * bytes).max(write_slots(size) * bytes)
+                        }
+                        // The incoming message at 0, the outgoing one after it.
+                        Test::WriteLat => write_lat_outgoing(size) as u64 + bytes,
+                        Test::ReadLat | Test::AtomicLat => bytes,
+                        // Posted receives (a ping-pong's land at `size`, after the sends).
+                        Test::SendBw | Test::Pingpong => depth(size) as u64 * bytes,
+                    };
+                    assert!(
+                        region >= needed,
+                        "{test:?} {size} {mtu:?}: {region} < {needed}"
+                    );
+                }
+            }
+        }
+        // 64 KiB WRITEs register 256 KiB, where every test used to register 4 MiB.
+        assert_eq!(region_len(Test::WriteBw, 65536, Mtu::Mtu1024), 256 << 10);
+        assert_eq!(region_len(Test::SendBw, 65536, Mtu::Mtu1024), 4 << 20);
     }
 
     #[test]
