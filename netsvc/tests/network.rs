@@ -753,14 +753,7 @@ fn abort_resets_the_peer() {
         unreachable!()
     };
     net.left.client.tcp_send(conn, b"bye").unwrap();
-    let (data, _) = net.wait_for(true, |event| matches!(event, Ev::Data { .. }));
-    assert_eq!(
-        data,
-        Ev::Data {
-            handle: peer,
-            data: b"bye".to_vec()
-        }
-    );
+    expect_data(&mut net, true, peer, b"bye");
     net.left.client.abort(conn).unwrap();
     let (closed, _) = net.wait_for(false, |event| matches!(event, Ev::Closed(..)));
     assert_eq!(closed, Ev::Closed(conn, CloseReason::Aborted));
@@ -827,21 +820,20 @@ fn roce_traffic_leaves_a_quiet_stack_alone() {
     }
     // The connection is as it was: bytes cross both ways.
     net.left.client.tcp_send(conn, b"after").unwrap();
-    let (data, _) = net.wait_for(true, |event| matches!(event, Ev::Data { .. }));
-    assert_eq!(
-        data,
-        Ev::Data {
-            handle: peer,
-            data: b"after".to_vec()
-        }
-    );
+    expect_data(&mut net, true, peer, b"after");
     net.right.client.tcp_send(peer, b"back").unwrap();
-    let (data, _) = net.wait_for(false, |event| matches!(event, Ev::Data { .. }));
+    expect_data(&mut net, false, conn, b"back");
+}
+
+/// Waits for the next data event on the right side (`right`) or the left, and checks that it
+/// carries `data` for `handle`.
+fn expect_data(net: &mut Net, right: bool, handle: u32, data: &[u8]) {
+    let (event, _) = net.wait_for(right, |event| matches!(event, Ev::Data { .. }));
     assert_eq!(
-        data,
+        event,
         Ev::Data {
-            handle: conn,
-            data: b"back".to_vec()
+            handle,
+            data: data.to_vec()
         }
     );
 }
