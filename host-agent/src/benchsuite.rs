@@ -535,9 +535,33 @@ pub fn rate(gbit_per_sec: f64) -> String {
     }
 }
 
+/// A ratio to set beside its goal: two decimals, or as many more (up to six) as it takes for
+/// the figure not to read as the goal itself when it is not exactly the goal (0.8991 against
+/// a goal of 0.9 reads "0.899", not "0.90" beside "NOT met").
+pub fn ratio_text(value: f64, goal: f64) -> String {
+    let mut text = format!("{value:.2}");
+    for decimals in 3..=6 {
+        if value == goal || text.parse::<f64>() != Ok(goal) {
+            break;
+        }
+        text = format!("{value:.decimals$}");
+    }
+    text
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_ratio_never_reads_as_its_goal_unless_it_is() {
+        assert_eq!(ratio_text(0.8991, 0.9), "0.899");
+        assert_eq!(ratio_text(0.90004, 0.9), "0.90004");
+        assert_eq!(ratio_text(1.2049, 1.2), "1.205");
+        assert_eq!(ratio_text(0.9, 0.9), "0.90");
+        assert_eq!(ratio_text(0.954, 0.9), "0.95");
+        assert_eq!(ratio_text(1.3812, 1.2), "1.38");
+    }
 
     #[test]
     fn median_takes_the_middle_round() {

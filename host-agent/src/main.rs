@@ -9,7 +9,7 @@ use anyhow::{Context, Result};
 use apps::netbench::Transport;
 use apps::rdma::{Handshake, Test, TestParams};
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use host_agent::benchsuite::{self, SuiteMode, SuiteParams, SuiteReport, rate};
+use host_agent::benchsuite::{self, SuiteMode, SuiteParams, SuiteReport, rate, ratio_text};
 use host_agent::cluster::{Member, run_group};
 use host_agent::devices::net_backend::NetBackend;
 use host_agent::devices::netif;
@@ -964,11 +964,11 @@ fn print_suite_report(report: &SuiteReport) {
         report.tcp.median.rtt_us_p50,
     );
     println!(
-        "suite: RDMA WRITE {} B at MTU {}: {} = {:.2} x UDP with {} B datagrams (goal >= {}: {})",
+        "suite: RDMA WRITE {} B at MTU {}: {} = {} x UDP with {} B datagrams (goal >= {}: {})",
         comparison.rdma_size,
         comparison.rdma_mtu,
         rate(comparison.rdma_write_gbit_per_sec),
-        comparison.goodput_ratio,
+        ratio_text(comparison.goodput_ratio, comparison.goodput_goal),
         comparison.udp_size,
         comparison.goodput_goal,
         if comparison.goodput_goal_met {
@@ -983,8 +983,8 @@ fn print_suite_report(report: &SuiteReport) {
         .map(|ratio| format!("{ratio:.2}"))
         .collect();
     println!(
-        "suite: RDMA round trip = {:.2} x UDP's (pairs: {}; goal <= {}: {}); {}",
-        comparison.latency_ratio,
+        "suite: RDMA round trip = {} x UDP's (pairs: {}; goal <= {}: {}); {}",
+        ratio_text(comparison.latency_ratio, comparison.latency_goal),
         pair_ratios.join(" "),
         comparison.latency_goal,
         if comparison.latency_goal_met {
@@ -1417,15 +1417,15 @@ fn print_demo_summary(
     println!("   two VMs (emulated)  {}", line(between_vms));
     let compared = &native.comparison;
     println!(
-        "   native engines      write_bw 64 KiB {}, {:.2} x UDP over the same path ({})",
+        "   native engines      write_bw 64 KiB {}, {} x UDP over the same path ({})",
         rate(compared.rdma_write_gbit_per_sec),
-        compared.goodput_ratio,
+        ratio_text(compared.goodput_ratio, compared.goodput_goal),
         rate(compared.udp_gbit_per_sec),
     );
     println!(
-        "                       RDMA WRITE round trip 64 B p50 {:.1} us, {:.2} x UDP's ({:.1} us); {}",
+        "                       RDMA WRITE round trip 64 B p50 {:.1} us, {} x UDP's ({:.1} us); {}",
         compared.rdma_rtt_us_p50,
-        compared.latency_ratio,
+        ratio_text(compared.latency_ratio, compared.latency_goal),
         compared.udp_rtt_us_p50,
         if native.verified {
             "all verified"
