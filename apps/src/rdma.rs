@@ -403,6 +403,10 @@ fn write_slots(size: u32) -> u64 {
 const PROGRESS_INTERVAL_NS: u64 = 10_000_000_000;
 /// Events [`Link::pump`] takes before it lets the engine transmit.
 const PUMP_BATCH: usize = 32;
+/// How long a side whose peer did not say it finished goes on answering after its test: a
+/// peer whose last request's ACK was lost resends it after its QP's timeout, 67 ms for
+/// `ibv_rc_pingpong` and perftest (timeout 14), and this covers three such resends.
+const LINGER_NS: u64 = 250_000_000;
 /// The server region's base address.
 const REMOTE_BASE: u64 = 0x1_0000_0000;
 
@@ -1158,7 +1162,7 @@ fn finish<O: Os>(
     };
     // A peer that did not say it finished may still want an acknowledgement resent: answer it
     // for a while before this side goes away.
-    let until = link.os.now_ns() + if link.peer_finished { 0 } else { 100_000_000 };
+    let until = link.os.now_ns() + if link.peer_finished { 0 } else { LINGER_NS };
     while link.os.now_ns() < until {
         if !link.pump() {
             link.idle();

@@ -116,13 +116,13 @@ for applet in $("$X/bin/busybox" --list); do
 done
 
 # Kernel modules: rdma_rxe, virtio-net, fw_cfg (the command comes that way), netem and what
-# it takes to apply it to received frames too (ifb, ingress, mirred, matchall), and their
-# dependencies, in load order.
+# it takes to apply it to received frames too (ifb, ingress, mirred, matchall) and to some of
+# the sent ones (prio, u32), and their dependencies, in load order.
 say "kernel $KVER: resolving modules"
 depmod -b "$X" "$KVER"
 : >"$ROOT/modules.order"
 for module in virtio_pci virtio_net qemu_fw_cfg crc32_generic rdma_rxe ib_uverbs \
-    sch_netem ifb sch_ingress act_mirred cls_matchall; do
+    sch_netem ifb sch_ingress act_mirred cls_matchall sch_prio cls_u32; do
     modprobe -d "$X" -S "$KVER" --show-depends "$module" |
         awk '$1 == "insmod" { print $2 }' | while read -r path; do
         relative=${path#"$X/lib/modules/$KVER/"}
