@@ -720,6 +720,40 @@ impl<'a, D: Descriptor> Slots<'a, D> {
         // multiple of 8: the slots start 128-byte aligned); slots are interior-mutable cells.
         unsafe { slot.as_ref() }
     }
+
+    /// Asks the CPU to start bringing the slots of the `count` descriptors from `index` on
+    /// into this core's cache, one request per cache line, without waiting for them. A
+    /// consumer that takes batches asks for the next batch while it works on this one, so that
+    /// the lines the producer wrote cross between the cores several at a time instead of one
+    /// after the other (on a 2-vCPU Xeon, 32-byte descriptors at batch 32 went from about 215
+    /// to 275 M/s, 16-byte ones from 350 to 480; see docs/PERFORMANCE.md). A prefetch reads
+    /// nothing into the program and cannot fault, whatever the peer wrote. Builds without SSE
+    /// (the guests) have no prefetch instruction to use and skip it: where guest instructions
+    /// are emulated, each would cost about a microsecond and save nothing.
+    #[inline(always)]
+    fn prefetch(self, index: u32, count: u32) {
+        #[cfg(all(target_arch = "x86_64", target_feature = "sse", not(loom)))]
+        {
+            let per_line = (64 / size_of::<D>()).max(1) as u32;
+            let mut next = 0;
+            while next < count {
+                let slot = self
+                    .base
+                    .as_ptr()
+                    .wrapping_add((index.wrapping_add(next) & self.mask) as usize);
+                // SAFETY: a prefetch is a hint: it neither reads into the program nor faults,
+                // and the address lies in the slot array anyway (masked index, as in `get`).
+                unsafe {
+                    core::arch::x86_64::_mm_prefetch::<{ core::arch::x86_64::_MM_HINT_T0 }>(
+                        slot.cast::<i8>(),
+                    );
+                }
+                next += per_line;
+            }
+        }
+        #[cfg(not(all(target_arch = "x86_64", target_feature = "sse", not(loom))))]
+        let _ = (index, count);
+    }
 }
 
 /// The producing side of a ring: fills slots and publishes them.
@@ -1176,15 +1210,22 @@ impl<D: Descriptor> Consumer<D> {
 
     /// Looks at up to `max` published descriptors without releasing them; the batch may be
     /// shorter (or empty). Re-reads the producer index only if the cached one shows fewer than
-    /// `max`. Release them with [`ReadBatch::release`]; dropping the batch releases nothing.
+    /// `max`, and prefetches the slots of up to `max` published descriptors after the batch
+    /// (host builds). Release them with [`ReadBatch::release`]; dropping the batch releases
+    /// nothing.
     #[inline]
     pub fn peek(&mut self, max: u32) -> Result<ReadBatch<'_, D>, PeerError> {
         let mut available = self.cached_available();
         if available < max {
             available = self.refresh()?;
         }
+        let len = available.min(max);
+        // The next batch, as far as it is published already (see `Slots::prefetch`).
+        self.ring
+            .slots()
+            .prefetch(self.tail.wrapping_add(len), (available - len).min(max));
         Ok(ReadBatch {
-            len: available.min(max),
+            len,
             consumer: self,
         })
     }
