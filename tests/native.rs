@@ -18,6 +18,7 @@ fn member(switch: &Switch, index: u8, app: host_agent::native::NativeApp) -> Nat
         app,
         echo: true,
         idle_spin: host_agent::native::DEFAULT_IDLE_SPIN,
+        cpus: (None, None),
     }
 }
 
@@ -64,6 +65,41 @@ fn native_endpoints_exchange_tcp_and_udp_over_a_lossy_switch() {
     assert_eq!(echo.outcome, Outcome::Success, "{:?}", echo.lines);
     let counters = switch.counters();
     assert!(counters.lost > 0, "{counters:?}");
+}
+
+#[test]
+fn pinned_endpoints_run_where_their_placement_says() {
+    use host_agent::native::{Placement, allowed_cpus};
+    let allowed = allowed_cpus();
+    assert!(!allowed.is_empty(), "this process's CPUs cannot be read");
+    for placement in [Placement::Endpoint, Placement::Split, Placement::Cross] {
+        let switch = Switch::new(SwitchConfig::default());
+        let server = SocketAddrV4::new(Ipv4Addr::new(10, 78, 0, 1), 7);
+        let mut echo = member(
+            &switch,
+            1,
+            Box::new(|os, client| apps::net::tcp_echo(os, client, 7, 0, 0)),
+        );
+        echo.cpus = placement.cpus(0, &allowed);
+        let mut client = member(
+            &switch,
+            2,
+            Box::new(move |os, client| apps::net::tcp_client(os, client, server, 64 * 1024)),
+        );
+        client.cpus = placement.cpus(1, &allowed);
+        let expected = [echo.cpus, client.cpus];
+        let echo = spawn(echo).unwrap();
+        let client = spawn(client).unwrap().join().unwrap();
+        assert_eq!(client.outcome, Outcome::Success, "{:?}", client.lines);
+        echo.stop();
+        let echo = echo.join().unwrap();
+        assert_eq!(echo.outcome, Outcome::Success, "{:?}", echo.lines);
+        assert_eq!(
+            [echo.cpus, client.cpus],
+            expected,
+            "{placement:?} on CPUs {allowed:?}"
+        );
+    }
 }
 
 /// What each endpoint's RDMA application returned, by endpoint.
@@ -353,7 +389,7 @@ fn bench_suite_compares_rdma_with_udp_between_native_endpoints() {
         lat_iters: 20,
     };
     let mode = SuiteMode::Native {
-        idle_spin: host_agent::native::DEFAULT_IDLE_SPIN,
+        tuning: host_agent::native::DEFAULT_IDLE_SPIN.into(),
     };
     let mut lines = 0;
     let report = benchsuite::run(&mode, &params, |_| lines += 1).unwrap();

@@ -32,7 +32,7 @@ use apps::rdma::Test;
 use roce::verbs::Mtu;
 use serde::Serialize;
 
-use crate::native::NativeError;
+use crate::native::{NativeError, NativeTuning};
 use crate::netbench::{self, NetBenchError, NetBenchParams, NetBenchReport, NetPath};
 use crate::rdmabench::{self, RdmaBenchParams, RdmaBenchReport};
 use crate::vm::{VmConfig, VmError};
@@ -112,10 +112,10 @@ impl SuiteParams {
 /// Where the endpoints run.
 #[derive(Debug)]
 pub enum SuiteMode<'a> {
-    /// Host threads, which poll for `idle_spin` before they sleep.
+    /// Host threads, which poll before they sleep and run where the tuning says.
     Native {
-        /// See [`crate::native::NativeMember::idle_spin`].
-        idle_spin: Duration,
+        /// See [`crate::native::NativeTuning`].
+        tuning: NativeTuning,
     },
     /// VMs built from `base`, each run given up after `timeout`.
     Vm {
@@ -308,8 +308,8 @@ fn ratio(numerator: f64, denominator: f64) -> f64 {
 fn run_net(mode: &SuiteMode<'_>, params: &NetBenchParams) -> Result<NetBenchReport, SuiteError> {
     crate::interrupt::check()?;
     Ok(match mode {
-        SuiteMode::Native { idle_spin } => {
-            netbench::run_native(params, &NetPath::Switch, *idle_spin, false)?.0
+        SuiteMode::Native { tuning } => {
+            netbench::run_native(params, &NetPath::Switch, *tuning, false)?.0
         }
         SuiteMode::Vm { base, timeout } => {
             netbench::run_vms(base, params, &NetPath::Switch, *timeout)?.0
@@ -321,7 +321,7 @@ fn run_net(mode: &SuiteMode<'_>, params: &NetBenchParams) -> Result<NetBenchRepo
 fn run_rdma(mode: &SuiteMode<'_>, params: &RdmaBenchParams) -> Result<RdmaBenchReport, SuiteError> {
     crate::interrupt::check()?;
     Ok(match mode {
-        SuiteMode::Native { idle_spin } => rdmabench::run_native(params, *idle_spin, false)?.0,
+        SuiteMode::Native { tuning } => rdmabench::run_native(params, *tuning, false)?.0,
         SuiteMode::Vm { base, timeout } => rdmabench::run_vms(base, params, *timeout, None)?.0,
     })
 }

@@ -166,6 +166,7 @@ pub fn native_member(
         app,
         echo,
         idle_spin: crate::native::DEFAULT_IDLE_SPIN,
+        cpus: (None, None),
     };
     (member, result)
 }

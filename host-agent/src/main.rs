@@ -17,6 +17,7 @@ use host_agent::devices::pcap::{Captured, PcapWriter};
 use host_agent::devices::switch::{Switch, SwitchConfig};
 use host_agent::devices::tap::Tap;
 use host_agent::endpoint::{self, EndpointReport, Figures, Identity};
+use host_agent::native::{NativeTuning, Placement};
 use host_agent::netbench::{self, NetBenchParams, NetBenchReport, NetPath, TapPath};
 use host_agent::rdmabench::{self, RdmaBenchParams, RdmaBenchReport, RdmaPath};
 use host_agent::ringbench::{self, RingBenchParams, RingBenchReport};
@@ -167,11 +168,19 @@ struct NativeSpinArgs {
     /// so that every burst after an idle moment costs a wake-up.
     #[arg(long, default_value_t = host_agent::native::DEFAULT_IDLE_SPIN.as_micros() as u64)]
     spin_us: u64,
+    /// With --native: where each endpoint's OS A and OS B threads run. On a host with fewer
+    /// CPUs than engine threads they stay about where they were put as they started, and that
+    /// decides a round trip (docs/PERFORMANCE.md); pinning them repeats a placement.
+    #[arg(long, value_enum, default_value_t = Placement::Scheduler)]
+    pin: Placement,
 }
 
 impl NativeSpinArgs {
-    fn idle_spin(&self) -> Duration {
-        Duration::from_micros(self.spin_us)
+    fn tuning(&self) -> NativeTuning {
+        NativeTuning {
+            idle_spin: Duration::from_micros(self.spin_us),
+            placement: self.pin,
+        }
     }
 }
 
@@ -810,7 +819,7 @@ fn rdma_bench(args: &RdmaBenchArgs) -> Result<bool> {
     };
     let report = if args.native {
         let echo = !args.vm.quiet && !args.vm.json;
-        rdmabench::run_native(&params, args.spin.idle_spin(), echo)?.0
+        rdmabench::run_native(&params, args.spin.tuning(), echo)?.0
     } else {
         let images = args.vm.images()?;
         let config = args.vm.config(images, [Workload::default(); 2])?;
@@ -913,7 +922,7 @@ fn net_bench(args: &NetBenchArgs) -> Result<bool> {
     };
     let report = if args.native {
         let echo = !args.vm.quiet && !args.vm.json;
-        let (report, logs) = netbench::run_native(&params, &path, args.spin.idle_spin(), echo)?;
+        let (report, logs) = netbench::run_native(&params, &path, args.spin.tuning(), echo)?;
         if !report.verified && !args.vm.json && !echo {
             for (index, lines) in logs.iter().enumerate() {
                 let skip = lines.len().saturating_sub(8);
@@ -1023,7 +1032,7 @@ fn bench_suite(args: &BenchSuiteArgs) -> Result<bool> {
     };
     let report = if args.native {
         let mode = SuiteMode::Native {
-            idle_spin: args.spin.idle_spin(),
+            tuning: args.spin.tuning(),
         };
         benchsuite::run(&mode, &params, progress)?
     } else {
@@ -1346,7 +1355,7 @@ fn demo(args: &DemoArgs) -> Result<bool> {
         );
     }
     let mode = SuiteMode::Native {
-        idle_spin: host_agent::native::DEFAULT_IDLE_SPIN,
+        tuning: host_agent::native::DEFAULT_IDLE_SPIN.into(),
     };
     let native = benchsuite::run(&mode, &SuiteParams::DEMO, |line| {
         if !json {

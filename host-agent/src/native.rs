@@ -16,6 +16,14 @@
 //! inter-processor interrupt when the CPU it slept on has halted) for every burst, and a
 //! flow paced by acknowledgements or credits (RDMA's 128-packet window, TCP, paced UDP)
 //! waits for those wake-ups on every round trip; polling keeps them off the path.
+//!
+//! # Where the threads run
+//!
+//! Four spinning engine threads on a host with two CPUs stay, once started, about where the
+//! scheduler put them as they started, and that placement decides a round trip: whether a
+//! hand-off between two threads waits for a context switch on one CPU or crosses to the
+//! other (docs/PERFORMANCE.md). [`Placement`] pins each endpoint's OS A and OS B threads, so
+//! that a measurement can be repeated with the placement it had.
 
 use std::net::Ipv4Addr;
 use std::os::fd::{AsRawFd, BorrowedFd};
@@ -39,6 +47,86 @@ use crate::devices::net_backend::NetBackend;
 /// bridge the gaps of a busy flow on a host with fewer CPUs than engine threads (see
 /// docs/PERFORMANCE.md), short enough that an idle endpoint soon sleeps.
 pub const DEFAULT_IDLE_SPIN: Duration = Duration::from_millis(1);
+
+/// Where a native endpoint's OS A and OS B threads run (see the module docs).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum Placement {
+    /// Wherever the scheduler puts them as they start.
+    #[default]
+    Scheduler,
+    /// Each endpoint's two threads on a CPU of its own (endpoint `i` on CPU `i`): a hand-off
+    /// between OS A and OS B stays on one CPU, the network hop crosses.
+    Endpoint,
+    /// Every OS A on one CPU, every OS B on another: each endpoint's ring hand-offs cross,
+    /// the network hop does not.
+    Split,
+    /// Each endpoint's OS A and OS B on different CPUs, the two OS As too: every hand-off of a
+    /// round trip crosses between CPUs.
+    Cross,
+}
+
+impl Placement {
+    /// The CPUs for endpoint `index`'s OS A and OS B threads, taken from `allowed` (the CPUs
+    /// this process may run on, [`allowed_cpus`]) in turn; `None` where the scheduler decides.
+    pub fn cpus(self, index: usize, allowed: &[usize]) -> (Option<usize>, Option<usize>) {
+        let cpu = |slot: usize| allowed.get(slot % allowed.len().max(1)).copied();
+        match self {
+            Placement::Scheduler => (None, None),
+            Placement::Endpoint => (cpu(index), cpu(index)),
+            Placement::Split => (cpu(0), cpu(1)),
+            Placement::Cross => (cpu(index), cpu(index + 1)),
+        }
+    }
+}
+
+/// The CPUs this process may run on, lowest first (empty if they cannot be read).
+pub fn allowed_cpus() -> Vec<usize> {
+    let Ok(set) = nix::sched::sched_getaffinity(nix::unistd::Pid::from_raw(0)) else {
+        return Vec::new();
+    };
+    (0..nix::sched::CpuSet::count())
+        .filter(|&cpu| set.is_set(cpu).unwrap_or(false))
+        .collect()
+}
+
+/// Keeps the calling thread on `cpu`, if given; says so on standard error if it cannot.
+fn pin_current_thread(cpu: Option<usize>, what: &str) {
+    let Some(cpu) = cpu else {
+        return;
+    };
+    let mut set = nix::sched::CpuSet::new();
+    let result = set
+        .set(cpu)
+        .and_then(|()| nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &set));
+    if let Err(error) = result {
+        eprintln!("{what}: cannot keep the thread on CPU {cpu}: {error}");
+    }
+}
+
+/// The CPU the calling thread runs on, if the kernel says.
+fn current_cpu() -> Option<usize> {
+    // SAFETY: sched_getcpu takes no arguments and touches no memory of ours.
+    usize::try_from(unsafe { libc::sched_getcpu() }).ok()
+}
+
+/// How native endpoints run: how long an idle thread polls, and where the threads run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct NativeTuning {
+    /// See [`NativeMember::idle_spin`].
+    pub idle_spin: Duration,
+    /// See [`Placement`].
+    pub placement: Placement,
+}
+
+impl From<Duration> for NativeTuning {
+    /// Polling for `idle_spin`, wherever the scheduler puts the threads.
+    fn from(idle_spin: Duration) -> NativeTuning {
+        NativeTuning {
+            idle_spin,
+            placement: Placement::Scheduler,
+        }
+    }
+}
 
 /// Errors setting up a native endpoint.
 #[derive(Debug, thiserror::Error)]
@@ -261,6 +349,9 @@ pub struct NativeMember {
     pub echo: bool,
     /// How long OS A's and OS B's threads poll before they sleep (see the module docs).
     pub idle_spin: Duration,
+    /// The CPUs OS A's and OS B's threads are kept on (`None`: wherever the scheduler puts
+    /// them), as [`Placement::cpus`] gives them.
+    pub cpus: (Option<usize>, Option<usize>),
 }
 
 impl std::fmt::Debug for NativeMember {
@@ -283,6 +374,8 @@ pub struct NativeReport {
     pub lines: Vec<String>,
     /// OS B's counters.
     pub net: netsvc::NetStats,
+    /// The CPUs OS A's and OS B's threads ran on last, as each ended.
+    pub cpus: (Option<usize>, Option<usize>),
 }
 
 /// Starts one endpoint; the returned handle yields its report when its application ends.
@@ -317,15 +410,18 @@ pub fn spawn(member: NativeMember) -> Result<NativeHandle, NativeError> {
     let wake_b = Arc::new(EventFd::new(EFD_NONBLOCK)?);
     let stop = Arc::new(AtomicBool::new(false));
     let idle_spin_ns = u64::try_from(member.idle_spin.as_nanos()).unwrap_or(u64::MAX);
+    let (cpu_a, cpu_b) = member.cpus;
     let os_b = {
         let (wake_a, wake_b, stop, region) =
             (wake_a.clone(), wake_b.clone(), stop.clone(), region.clone());
+        let name = format!("{}-os-b", member.tag);
         std::thread::Builder::new()
-            .name(format!("{}-os-b", member.tag))
+            .name(name.clone())
             .spawn(move || {
+                pin_current_thread(cpu_b, &name);
                 let stats = serve(service, b, wake_a, wake_b, stop, (started, idle_spin_ns));
                 drop(region);
-                stats
+                (stats, current_cpu())
             })?
     };
     let tag = member.tag.clone();
@@ -336,6 +432,7 @@ pub fn spawn(member: NativeMember) -> Result<NativeHandle, NativeError> {
     let thread = std::thread::Builder::new()
         .name(format!("{tag}-os-a"))
         .spawn(move || {
+            pin_current_thread(cpu_a, &format!("{tag}-os-a"));
             let mut os = NativeOs {
                 started,
                 wake_b: wake_b.clone(),
@@ -347,9 +444,10 @@ pub fn spawn(member: NativeMember) -> Result<NativeHandle, NativeError> {
                 idle_spin_ns,
             };
             let outcome = app(&mut os, &mut client);
+            let os_a_cpu = current_cpu();
             stop.store(true, Ordering::Release);
             let _ = wake_b.write(1);
-            let net = os_b.join().unwrap_or_default();
+            let (net, os_b_cpu) = os_b.join().unwrap_or_default();
             drop(client);
             drop(region);
             NativeReport {
@@ -357,6 +455,7 @@ pub fn spawn(member: NativeMember) -> Result<NativeHandle, NativeError> {
                 outcome,
                 lines: os.lines,
                 net,
+                cpus: (os_a_cpu, os_b_cpu),
             }
         })?;
     Ok(NativeHandle {
@@ -364,4 +463,32 @@ pub fn spawn(member: NativeMember) -> Result<NativeHandle, NativeError> {
         stop: stop_handle,
         wake_a: wake_handle,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_placement_gives_each_thread_its_cpu() {
+        let two = [3, 5];
+        let both = |placement: Placement| [placement.cpus(0, &two), placement.cpus(1, &two)];
+        let none = (None, None);
+        assert_eq!(both(Placement::Scheduler), [none, none]);
+        assert_eq!(
+            both(Placement::Endpoint),
+            [(Some(3), Some(3)), (Some(5), Some(5))]
+        );
+        assert_eq!(
+            both(Placement::Split),
+            [(Some(3), Some(5)), (Some(3), Some(5))]
+        );
+        assert_eq!(
+            both(Placement::Cross),
+            [(Some(3), Some(5)), (Some(5), Some(3))]
+        );
+        // One CPU: everything on it; none known: the scheduler decides.
+        assert_eq!(Placement::Cross.cpus(1, &[7]), (Some(7), Some(7)));
+        assert_eq!(Placement::Cross.cpus(1, &[]), none);
+    }
 }

@@ -35,7 +35,7 @@ use crate::devices::net_backend::NetBackend;
 use crate::devices::switch::{Switch, SwitchConfig};
 use crate::devices::tap::{Tap, TapError};
 use crate::endpoint::{failure, vm_failure};
-use crate::native::{NativeApp, NativeError, NativeMember, spawn};
+use crate::native::{NativeApp, NativeError, NativeMember, NativeTuning, allowed_cpus, spawn};
 use crate::vm::{RunReport, Vm, VmConfig, VmError};
 
 /// TCP payload bytes in a full-sized segment on a 1500-byte link (for `packets_per_sec`).
@@ -318,14 +318,20 @@ fn open_tap(tap: &TapPath) -> Result<Tap, TapError> {
     Ok(backend)
 }
 
-/// Runs the benchmark with native endpoints whose threads poll for `idle_spin` before they
-/// sleep; returns the report and each endpoint's log.
+/// Runs the benchmark with native endpoints, whose threads poll for the tuning's idle spin
+/// before they sleep and run where its placement says (a `Duration` alone: that spin, wherever
+/// the scheduler puts them); returns the report and each endpoint's log.
 pub fn run_native(
     params: &NetBenchParams,
     path: &NetPath,
-    idle_spin: Duration,
+    tuning: impl Into<NativeTuning>,
     echo: bool,
 ) -> Result<(NetBenchReport, Vec<Vec<String>>), NetBenchError> {
+    let NativeTuning {
+        idle_spin,
+        placement,
+    } = tuning.into();
+    let allowed = allowed_cpus();
     let measured: Arc<Mutex<Option<PlanReport>>> = Arc::default();
     let app = |plan: Plan, keep: bool| -> NativeApp {
         let measured = measured.clone();
@@ -366,6 +372,7 @@ pub fn run_native(
                     app: app(plan(params, server), server.is_some()),
                     echo,
                     idle_spin,
+                    cpus: placement.cpus(usize::from(index - 1), &allowed),
                 })?);
             }
         }
@@ -384,6 +391,7 @@ pub fn run_native(
                 app: app(plan(params, Some(tap.host)), true),
                 echo,
                 idle_spin,
+                cpus: placement.cpus(0, &allowed),
             })?);
         }
     }

@@ -28,7 +28,7 @@ use crate::devices::tap::{Tap, TapError};
 use crate::endpoint::{
     Figures, Identity, ReportSlot, failure, native_member, published, vm_failure, workload,
 };
-use crate::native::{NativeError, spawn};
+use crate::native::{NativeError, NativeTuning, allowed_cpus, spawn};
 use crate::vm::{RunReport, VmConfig, VmError};
 
 /// What to run.
@@ -365,13 +365,16 @@ pub fn run_vms(
     Ok((report, runs))
 }
 
-/// Runs the test between two native endpoints whose threads poll for `idle_spin` before they
-/// sleep; returns the report and each side's log.
+/// Runs the test between two native endpoints, whose threads poll for the tuning's idle spin
+/// before they sleep and run where its placement says (a `Duration` alone: that spin, wherever
+/// the scheduler puts them); returns the report and each side's log.
 pub fn run_native(
     params: &RdmaBenchParams,
-    idle_spin: Duration,
+    tuning: impl Into<NativeTuning>,
     echo: bool,
 ) -> Result<(RdmaBenchReport, Vec<Vec<String>>), NativeError> {
+    let tuning = tuning.into();
+    let allowed = allowed_cpus();
     let mut link = tap_link(params).map_err(|error| NativeError::Link(error.to_string()))?;
     let mut nics = link.as_mut().map(TapLink::backends).into_iter().flatten();
     let switch = switch(params.loss);
@@ -389,7 +392,8 @@ pub fn run_native(
             echo,
         );
         member.tag = format!("n{index}");
-        member.idle_spin = idle_spin;
+        member.idle_spin = tuning.idle_spin;
+        member.cpus = tuning.placement.cpus(usize::from(index - 1), &allowed);
         handles.push(spawn(member)?);
         slots.push(slot);
     }
