@@ -170,8 +170,8 @@ struct NativeSpinArgs {
     spin_us: u64,
     /// With --native: where each endpoint's OS A and OS B threads run. On a host with fewer
     /// CPUs than engine threads they stay about where they were put as they started, and that
-    /// decides a round trip (docs/PERFORMANCE.md); pinning them repeats a placement.
-    #[arg(long, value_enum, default_value_t = Placement::Scheduler)]
+    /// decides the figures (docs/PERFORMANCE.md); pinning them makes a run repeatable.
+    #[arg(long, value_enum, default_value_t = Placement::Auto)]
     pin: Placement,
 }
 
@@ -1355,7 +1355,10 @@ fn demo(args: &DemoArgs) -> Result<bool> {
         );
     }
     let mode = SuiteMode::Native {
-        tuning: host_agent::native::DEFAULT_IDLE_SPIN.into(),
+        tuning: NativeTuning {
+            idle_spin: host_agent::native::DEFAULT_IDLE_SPIN,
+            placement: Placement::Auto,
+        },
     };
     let native = benchsuite::run(&mode, &SuiteParams::DEMO, |line| {
         if !json {

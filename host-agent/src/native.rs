@@ -51,6 +51,9 @@ pub const DEFAULT_IDLE_SPIN: Duration = Duration::from_millis(1);
 /// Where a native endpoint's OS A and OS B threads run (see the module docs).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
 pub enum Placement {
+    /// `endpoint` where this process has fewer CPUs than two endpoints have engine threads
+    /// (four), `scheduler` where each thread can have a CPU of its own.
+    Auto,
     /// Wherever the scheduler puts them as they start.
     #[default]
     Scheduler,
@@ -71,13 +74,20 @@ impl Placement {
     pub fn cpus(self, index: usize, allowed: &[usize]) -> (Option<usize>, Option<usize>) {
         let cpu = |slot: usize| allowed.get(slot % allowed.len().max(1)).copied();
         match self {
-            Placement::Scheduler => (None, None),
+            Placement::Auto if allowed.len() < AUTO_PIN_BELOW => {
+                Placement::Endpoint.cpus(index, allowed)
+            }
+            Placement::Auto | Placement::Scheduler => (None, None),
             Placement::Endpoint => (cpu(index), cpu(index)),
             Placement::Split => (cpu(0), cpu(1)),
             Placement::Cross => (cpu(index), cpu(index + 1)),
         }
     }
 }
+
+/// [`Placement::Auto`] pins where the process has fewer CPUs than this: the engine threads
+/// of two endpoints.
+const AUTO_PIN_BELOW: usize = 4;
 
 /// The CPUs this process may run on, lowest first (empty if they cannot be read).
 pub fn allowed_cpus() -> Vec<usize> {
@@ -490,5 +500,9 @@ mod tests {
         // One CPU: everything on it; none known: the scheduler decides.
         assert_eq!(Placement::Cross.cpus(1, &[7]), (Some(7), Some(7)));
         assert_eq!(Placement::Cross.cpus(1, &[]), none);
+        // Auto: each endpoint on a CPU of its own while CPUs are fewer than four threads.
+        assert_eq!(both(Placement::Auto), both(Placement::Endpoint));
+        assert_eq!(Placement::Auto.cpus(1, &[0, 1, 2, 3]), none);
+        assert_eq!(Placement::Auto.cpus(1, &[]), none);
     }
 }
