@@ -67,7 +67,8 @@ enum Command {
     /// over TCP 18515 as ibv_rc_pingpong does and run the test, checking every byte and
     /// completion. Without --native each endpoint is a VM (OS A runs the verbs engine, OS B
     /// carries its RoCEv2 packets); with --native the same engines run as host threads.
-    /// JSON keys: test, mode, path, size, iters, mtu, qp_timeout, retry_cnt, loss, icrc (nic
+    /// JSON keys: test, mode, path, placement (native: where the threads ran, see --pin; null
+    /// in VMs), size, iters, mtu, qp_timeout, retry_cnt, loss, icrc (nic
     /// or engine: who computed the ICRCs), messages, bytes, seconds, gbit_per_sec, messages_per_sec, lat_p50_us, lat_p99_us,
     /// retransmissions, verified, error (why the run failed, or null). A step at which no PSN
     /// moves for --stall-timeout seconds fails the run; a slow one on a lossy path does not.
@@ -84,7 +85,8 @@ enum Command {
     /// endpoint 2 (10.77.10.2) measures; with --tap, the endpoint measures against the host,
     /// which the agent serves itself on the TAP's host address. Without --native each endpoint
     /// is a VM; with --native the same engines run as host threads.
-    /// JSON keys: mode (vm, native), path (switch, tap), transport (udp, tcp), size (goodput
+    /// JSON keys: mode (vm, native), path (switch, tap), placement (native: where the threads
+    /// ran, see --pin; null in VMs), transport (udp, tcp), size (goodput
     /// message bytes; UDP: the datagram's payload), messages (sent), received (intact),
     /// lost, window, credit_stalls, bytes, seconds, gbit_per_sec, packets_per_sec (UDP: datagrams received per second;
     /// TCP: goodput in full-sized 1460-byte segments per second), rtt_size, round_trips,
@@ -171,7 +173,7 @@ struct NativeSpinArgs {
     /// With --native: where each endpoint's OS A and OS B threads run. On a host with fewer
     /// CPUs than engine threads they stay about where they were put as they started, and that
     /// decides the figures (docs/PERFORMANCE.md); pinning them makes a run repeatable.
-    #[arg(long, value_enum, default_value_t = Placement::Auto)]
+    #[arg(long, value_enum, default_value_t = Placement::Scheduler)]
     pin: Placement,
 }
 
@@ -1355,10 +1357,7 @@ fn demo(args: &DemoArgs) -> Result<bool> {
         );
     }
     let mode = SuiteMode::Native {
-        tuning: NativeTuning {
-            idle_spin: host_agent::native::DEFAULT_IDLE_SPIN,
-            placement: Placement::Auto,
-        },
+        tuning: host_agent::native::DEFAULT_IDLE_SPIN.into(),
     };
     let native = benchsuite::run(&mode, &SuiteParams::DEMO, |line| {
         if !json {

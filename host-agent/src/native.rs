@@ -69,14 +69,32 @@ pub enum Placement {
 }
 
 impl Placement {
+    /// What this placement comes to where the process may run on `cpus` CPUs: `Auto` becomes
+    /// `Endpoint` or `Scheduler`, the others stay.
+    pub const fn resolved(self, cpus: usize) -> Placement {
+        match self {
+            Placement::Auto if cpus > 0 && cpus < AUTO_PIN_BELOW => Placement::Endpoint,
+            Placement::Auto => Placement::Scheduler,
+            other => other,
+        }
+    }
+
+    /// Its name on the command line and in reports.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Placement::Auto => "auto",
+            Placement::Scheduler => "scheduler",
+            Placement::Endpoint => "endpoint",
+            Placement::Split => "split",
+            Placement::Cross => "cross",
+        }
+    }
+
     /// The CPUs for endpoint `index`'s OS A and OS B threads, taken from `allowed` (the CPUs
     /// this process may run on, [`allowed_cpus`]) in turn; `None` where the scheduler decides.
     pub fn cpus(self, index: usize, allowed: &[usize]) -> (Option<usize>, Option<usize>) {
         let cpu = |slot: usize| allowed.get(slot % allowed.len().max(1)).copied();
-        match self {
-            Placement::Auto if allowed.len() < AUTO_PIN_BELOW => {
-                Placement::Endpoint.cpus(index, allowed)
-            }
+        match self.resolved(allowed.len()) {
             Placement::Auto | Placement::Scheduler => (None, None),
             Placement::Endpoint => (cpu(index), cpu(index)),
             Placement::Split => (cpu(0), cpu(1)),
@@ -504,5 +522,8 @@ mod tests {
         assert_eq!(both(Placement::Auto), both(Placement::Endpoint));
         assert_eq!(Placement::Auto.cpus(1, &[0, 1, 2, 3]), none);
         assert_eq!(Placement::Auto.cpus(1, &[]), none);
+        assert_eq!(Placement::Auto.resolved(2).name(), "endpoint");
+        assert_eq!(Placement::Auto.resolved(8).name(), "scheduler");
+        assert_eq!(Placement::Cross.resolved(8).name(), "cross");
     }
 }

@@ -82,6 +82,9 @@ pub struct NetBenchReport {
     pub mode: &'static str,
     /// `switch` or `tap`.
     pub path: &'static str,
+    /// Native runs: where the engine threads ran (`scheduler`, `endpoint`, `split` or
+    /// `cross`, `--pin auto` resolved); null in VMs.
+    pub placement: Option<&'static str>,
     /// `udp` or `tcp`.
     pub transport: &'static str,
     /// Goodput message size in bytes (UDP: the datagram's payload).
@@ -144,6 +147,7 @@ impl NetBenchReport {
         NetBenchReport {
             mode,
             path: path.name(),
+            placement: None,
             transport: params.transport.name(),
             size: params.size,
             messages: goodput.sent,
@@ -429,7 +433,8 @@ pub fn run_native(
         .rev()
         .zip(["client", "server"])
         .find_map(|(lines, side)| failure(lines, "netbench").map(|why| format!("{side}: {why}")));
-    let report = NetBenchReport::new("native", path, params, &measured, ended_well, error);
+    let mut report = NetBenchReport::new("native", path, params, &measured, ended_well, error);
+    report.placement = Some(placement.resolved(allowed.len()).name());
     Ok((report, logs))
 }
 

@@ -190,6 +190,9 @@ pub struct RdmaBenchReport {
     pub mode: &'static str,
     /// `switch` or `tap`.
     pub path: &'static str,
+    /// Native runs: where the engine threads ran (`scheduler`, `endpoint`, `split` or
+    /// `cross`, `--pin auto` resolved); null in VMs.
+    pub placement: Option<&'static str>,
     /// Message size in bytes.
     pub size: u32,
     /// Messages asked for.
@@ -248,6 +251,7 @@ impl RdmaBenchReport {
             test: params.test.name(),
             mode,
             path: params.path.name(),
+            placement: None,
             size: params.size,
             iters: params.iters,
             mtu: params.mtu.bytes(),
@@ -423,10 +427,9 @@ pub fn run_native(
         }
         _ => None,
     };
-    Ok((
-        RdmaBenchReport::new("native", params, &client, &server, both_ok, error),
-        logs,
-    ))
+    let mut report = RdmaBenchReport::new("native", params, &client, &server, both_ok, error);
+    report.placement = Some(tuning.placement.resolved(allowed.len()).name());
+    Ok((report, logs))
 }
 
 #[cfg(test)]
