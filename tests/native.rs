@@ -19,6 +19,7 @@ fn member(switch: &Switch, index: u8, app: host_agent::native::NativeApp) -> Nat
         echo: true,
         idle_spin: host_agent::native::DEFAULT_IDLE_SPIN,
         cpus: (None, None),
+        one_thread: false,
     }
 }
 
@@ -72,7 +73,12 @@ fn pinned_endpoints_run_where_their_placement_says() {
     use host_agent::native::{Placement, allowed_cpus};
     let allowed = allowed_cpus();
     assert!(!allowed.is_empty(), "this process's CPUs cannot be read");
-    for placement in [Placement::Endpoint, Placement::Split, Placement::Cross] {
+    for placement in [
+        Placement::Endpoint,
+        Placement::Split,
+        Placement::Cross,
+        Placement::Shared,
+    ] {
         let switch = Switch::new(SwitchConfig::default());
         let server = SocketAddrV4::new(Ipv4Addr::new(10, 78, 0, 1), 7);
         let mut echo = member(
@@ -81,12 +87,14 @@ fn pinned_endpoints_run_where_their_placement_says() {
             Box::new(|os, client| apps::net::tcp_echo(os, client, 7, 0, 0)),
         );
         echo.cpus = placement.cpus(0, &allowed);
+        echo.one_thread = placement.one_thread(allowed.len());
         let mut client = member(
             &switch,
             2,
             Box::new(move |os, client| apps::net::tcp_client(os, client, server, 64 * 1024)),
         );
         client.cpus = placement.cpus(1, &allowed);
+        client.one_thread = placement.one_thread(allowed.len());
         let expected = [echo.cpus, client.cpus];
         let echo = spawn(echo).unwrap();
         let client = spawn(client).unwrap().join().unwrap();
@@ -110,6 +118,7 @@ fn rdma_pair(
     size: u32,
     iters: u32,
     faults: FaultConfig,
+    one_thread: bool,
 ) -> (apps::rdma::TestReport, apps::rdma::TestReport) {
     use apps::rdma::{TestParams, run_test};
     use std::sync::{Arc, Mutex};
@@ -147,7 +156,9 @@ fn rdma_pair(
             results.lock().unwrap().push((index, result));
             outcome
         });
-        handles.push(spawn(member(&switch, index, app)).unwrap());
+        let mut member = member(&switch, index, app);
+        member.one_thread = one_thread;
+        handles.push(spawn(member).unwrap());
     }
     for handle in handles {
         let report = handle.join().unwrap();
@@ -173,6 +184,16 @@ fn rdma_pair(
 
 #[test]
 fn every_rdma_test_runs_natively_over_a_lossy_switch() {
+    every_rdma_test_over_a_lossy_switch(false);
+}
+
+/// The same with each endpoint's OS A and OS B taking turns on one thread.
+#[test]
+fn every_rdma_test_runs_on_one_thread_per_endpoint_over_a_lossy_switch() {
+    every_rdma_test_over_a_lossy_switch(true);
+}
+
+fn every_rdma_test_over_a_lossy_switch(one_thread: bool) {
     use apps::rdma::Test;
     let faults = FaultConfig {
         loss: 0.02,
@@ -188,7 +209,7 @@ fn every_rdma_test_runs_natively_over_a_lossy_switch() {
         (Test::AtomicLat, 8, 100),
         (Test::Pingpong, 4096, 100),
     ] {
-        let (server, client) = rdma_pair(test, size, iters, faults);
+        let (server, client) = rdma_pair(test, size, iters, faults, one_thread);
         assert!(
             server.verified && client.verified,
             "{test:?}: {server:?} {client:?}"

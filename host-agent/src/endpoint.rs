@@ -167,6 +167,7 @@ pub fn native_member(
         echo,
         idle_spin: crate::native::DEFAULT_IDLE_SPIN,
         cpus: (None, None),
+        one_thread: false,
     };
     (member, result)
 }

@@ -166,14 +166,16 @@ struct VmArgs {
 #[derive(Debug, Args)]
 struct NativeSpinArgs {
     /// With --native: how long an engine thread that finds nothing to do keeps polling
-    /// (yielding the CPU between polls) before it sleeps, in microseconds. 0 sleeps at once,
-    /// so that every burst after an idle moment costs a wake-up.
+    /// (yielding the CPU between polls where threads share it) before it sleeps, in
+    /// microseconds. 0 sleeps at once, so that every burst after an idle moment costs a
+    /// wake-up.
     #[arg(long, default_value_t = host_agent::native::DEFAULT_IDLE_SPIN.as_micros() as u64)]
     spin_us: u64,
-    /// With --native: where each endpoint's OS A and OS B threads run. On a host with fewer
-    /// CPUs than engine threads they stay about where they were put as they started, and that
-    /// decides the figures (docs/PERFORMANCE.md); pinning them makes a run repeatable.
-    #[arg(long, value_enum, default_value_t = Placement::Scheduler)]
+    /// With --native: where each endpoint's OS A and OS B run: on threads of their own, pinned
+    /// or not, or taking turns on one thread per endpoint (shared). Threads on a host with
+    /// fewer CPUs than engine threads hand off through context switches and stay about where
+    /// they were put as they started, which decides the figures (docs/PERFORMANCE.md).
+    #[arg(long, value_enum, default_value_t = Placement::Auto)]
     pin: Placement,
 }
 

@@ -24,6 +24,16 @@
 //! hand-off between two threads waits for a context switch on one CPU or crosses to the
 //! other (docs/PERFORMANCE.md). [`Placement`] pins each endpoint's OS A and OS B threads, so
 //! that a measurement can be repeated with the placement it had.
+//!
+//! # One thread per endpoint
+//!
+//! With [`NativeMember::one_thread`] ([`Placement::Shared`]) an endpoint's OS A and OS B take
+//! turns on one thread, as two guests' vCPUs would on one host CPU, but without a context
+//! switch at each turn: OS B polls wherever OS A waits for it, in [`Os::wait`], which
+//! applications call after every burst they send and whenever they have nothing to do. Its
+//! waiting is the same: poll for the idle spin, then sleep on the NIC until a frame, OS B's
+//! next timer, OS A's deadline or a stop request. The rings and pools between them are the
+//! same; only their cache lines no longer cross between CPUs.
 
 use std::net::Ipv4Addr;
 use std::os::fd::{AsRawFd, BorrowedFd};
@@ -32,7 +42,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use apps::{NetClient, Os, Outcome};
-use netsvc::{Client, NetConfig, NetService, NicFull};
+use netsvc::{Client, NetConfig, NetService, NicFull, PollOutcome};
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use shm_ring::OwnedRegion;
 use shm_ring::bootinfo::SharedLayout;
@@ -51,11 +61,11 @@ pub const DEFAULT_IDLE_SPIN: Duration = Duration::from_millis(1);
 /// Where a native endpoint's OS A and OS B threads run (see the module docs).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
 pub enum Placement {
-    /// `endpoint` where this process has fewer CPUs than two endpoints have engine threads
+    /// `shared` where this process has fewer CPUs than two endpoints have engine threads
     /// (four), `scheduler` where each thread can have a CPU of its own.
+    #[default]
     Auto,
     /// Wherever the scheduler puts them as they start.
-    #[default]
     Scheduler,
     /// Each endpoint's two threads on a CPU of its own (endpoint `i` on CPU `i`): a hand-off
     /// between OS A and OS B stays on one CPU, the network hop crosses.
@@ -66,14 +76,18 @@ pub enum Placement {
     /// Each endpoint's OS A and OS B on different CPUs, the two OS As too: every hand-off of a
     /// round trip crosses between CPUs.
     Cross,
+    /// Each endpoint's OS A and OS B on one thread, on a CPU of its own (endpoint `i` on CPU
+    /// `i`): OS A runs OS B's poll wherever it would wait for OS B, so a hand-off between them
+    /// costs no context switch, and only the network hop crosses between CPUs.
+    Shared,
 }
 
 impl Placement {
     /// What this placement comes to where the process may run on `cpus` CPUs: `Auto` becomes
-    /// `Endpoint` or `Scheduler`, the others stay.
+    /// `Shared` or `Scheduler`, the others stay.
     pub const fn resolved(self, cpus: usize) -> Placement {
         match self {
-            Placement::Auto if cpus > 0 && cpus < AUTO_PIN_BELOW => Placement::Endpoint,
+            Placement::Auto if cpus > 0 && cpus < AUTO_PIN_BELOW => Placement::Shared,
             Placement::Auto => Placement::Scheduler,
             other => other,
         }
@@ -87,7 +101,14 @@ impl Placement {
             Placement::Endpoint => "endpoint",
             Placement::Split => "split",
             Placement::Cross => "cross",
+            Placement::Shared => "shared",
         }
+    }
+
+    /// Whether each endpoint's OS A and OS B share one thread ([`NativeMember::one_thread`])
+    /// where the process may run on `cpus` CPUs.
+    pub const fn one_thread(self, cpus: usize) -> bool {
+        matches!(self.resolved(cpus), Placement::Shared)
     }
 
     /// The CPUs for endpoint `index`'s OS A and OS B threads, taken from `allowed` (the CPUs
@@ -96,15 +117,15 @@ impl Placement {
         let cpu = |slot: usize| allowed.get(slot % allowed.len().max(1)).copied();
         match self.resolved(allowed.len()) {
             Placement::Auto | Placement::Scheduler => (None, None),
-            Placement::Endpoint => (cpu(index), cpu(index)),
+            Placement::Endpoint | Placement::Shared => (cpu(index), cpu(index)),
             Placement::Split => (cpu(0), cpu(1)),
             Placement::Cross => (cpu(index), cpu(index + 1)),
         }
     }
 }
 
-/// [`Placement::Auto`] pins where the process has fewer CPUs than this: the engine threads
-/// of two endpoints.
+/// [`Placement::Auto`] shares a thread per endpoint where the process has fewer CPUs than
+/// this: the engine threads of two endpoints.
 const AUTO_PIN_BELOW: usize = 4;
 
 /// The CPUs this process may run on, lowest first (empty if they cannot be read).
@@ -225,6 +246,63 @@ pub struct NativeOs {
     pub echo: bool,
     stop_app: Arc<AtomicBool>,
     idle_spin_ns: u64,
+    /// OS B, where it shares this thread ([`NativeMember::one_thread`]).
+    os_b: Option<OsB>,
+}
+
+/// Idle polls of a thread that runs OS A and OS B between two yields of its CPU, for the
+/// case where another engine thread shares the CPU after all (a process allowed one CPU).
+const SHARED_POLLS_PER_YIELD: u32 = 32;
+
+impl NativeOs {
+    /// [`Os::wait`] where OS B shares the thread: OS B polls until OS A has an event, the
+    /// deadline passes or the application is asked to stop; with nothing to do for the idle
+    /// spin, the thread sleeps on the NIC (see the module docs).
+    fn run_os_b(&mut self, client: &mut NetClient, deadline_ns: u64) {
+        // OS B is about to look at OS A's requests: no signal needed.
+        let _ = client.take_signal();
+        let Some(b) = self.os_b.as_mut() else {
+            return;
+        };
+        let mut idle_since = None;
+        let mut idle_polls = 0u32;
+        loop {
+            let outcome = b.poll();
+            let now = b.now_ns();
+            if now >= deadline_ns
+                || client.endpoint_mut().rx.available() != Ok(0)
+                || self.stop_app.load(Ordering::Acquire)
+            {
+                return;
+            }
+            if outcome.busy || outcome.progress {
+                idle_since = None;
+                continue;
+            }
+            let since = *idle_since.get_or_insert(now);
+            if now - since < self.idle_spin_ns {
+                idle_polls = idle_polls.wrapping_add(1);
+                if idle_polls.is_multiple_of(SHARED_POLLS_PER_YIELD) {
+                    std::thread::yield_now();
+                } else {
+                    std::hint::spin_loop();
+                }
+                continue;
+            }
+            idle_since = None;
+            // Only the NIC, a timer or a stop request can bring work now: OS A is this thread.
+            if b.service.nic_mut().backend.prepare_to_wait() {
+                let deadline = b
+                    .instant(outcome.deadline_ns)
+                    .min(self.started + Duration::from_nanos(deadline_ns));
+                sleep_on(
+                    &[borrow(&self.wake_a), b.service.nic().backend.ready_fd()],
+                    deadline,
+                );
+                let _ = self.wake_a.read();
+            }
+        }
+    }
 }
 
 impl Os for NativeOs {
@@ -233,6 +311,10 @@ impl Os for NativeOs {
     }
 
     fn wait(&mut self, client: &mut NetClient, deadline_ns: u64) {
+        if self.os_b.is_some() {
+            self.run_os_b(client, deadline_ns);
+            return;
+        }
         if client.take_signal() {
             let _ = self.wake_b.write(1);
         }
@@ -290,24 +372,82 @@ impl NativeHandle {
     }
 }
 
+/// OS B's side of an endpoint: the network service and what it polls.
+struct OsB {
+    service: NetService<BackendNic>,
+    endpoint: Endpoint,
+    pool: PoolOwner<Vec<u64>>,
+    started: Instant,
+}
+
+impl std::fmt::Debug for OsB {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OsB")
+            .field("stats", &self.service.stats())
+            .finish_non_exhaustive()
+    }
+}
+
+impl OsB {
+    fn new(
+        service: NetService<BackendNic>,
+        endpoint: Endpoint,
+        started: Instant,
+    ) -> Result<OsB, NativeError> {
+        let words = owner_storage_words(endpoint.own_pool.buffer_count());
+        let pool = PoolOwner::new(endpoint.own_pool.clone(), vec![0u64; words])
+            .map_err(|error| NativeError::Shared(error.to_string()))?;
+        Ok(OsB {
+            service,
+            endpoint,
+            pool,
+            started,
+        })
+    }
+
+    fn now_ns(&self) -> u64 {
+        self.started.elapsed().as_nanos() as u64
+    }
+
+    /// One step of the service.
+    fn poll(&mut self) -> PollOutcome {
+        let now = self.now_ns();
+        self.service.poll(now, &mut self.endpoint, &mut self.pool)
+    }
+
+    /// The instant of `deadline_ns` on this endpoint's clock (`None`: 10 ms from now).
+    fn instant(&self, deadline_ns: Option<u64>) -> Instant {
+        deadline_ns.map_or(Instant::now() + Duration::from_millis(10), |ns| {
+            self.started + Duration::from_nanos(ns)
+        })
+    }
+
+    /// OS A has ended: its connections close as a process's do when it exits.
+    fn wind_down(mut self) -> netsvc::NetStats {
+        let started = self.started;
+        let clock = || started.elapsed().as_nanos() as u64;
+        self.service
+            .wind_down(&mut self.endpoint, &mut self.pool, clock, |deadline_ns| {
+                let left = deadline_ns.saturating_sub(clock());
+                std::thread::sleep(Duration::from_nanos(left.min(WIND_DOWN_POLL_NS)));
+            });
+        self.service.stats()
+    }
+}
+
 /// OS B as a host thread: serves until `stop` is set.
 fn serve(
-    mut service: NetService<BackendNic>,
-    mut endpoint: Endpoint,
+    mut b: OsB,
     wake_a: Arc<EventFd>,
     wake_b: Arc<EventFd>,
     stop: Arc<AtomicBool>,
-    (started, idle_spin_ns): (Instant, u64),
+    idle_spin_ns: u64,
 ) -> netsvc::NetStats {
-    let words = owner_storage_words(endpoint.own_pool.buffer_count());
-    let Ok(mut pool) = PoolOwner::new(endpoint.own_pool.clone(), vec![0u64; words]) else {
-        return service.stats();
-    };
     // When this thread last found nothing to do, while it polls (see the module docs).
     let mut idle_since = None;
     while !stop.load(Ordering::Acquire) {
-        let now = started.elapsed().as_nanos() as u64;
-        let outcome = service.poll(now, &mut endpoint, &mut pool);
+        let outcome = b.poll();
+        let now = b.now_ns();
         if outcome.signal_peer {
             let _ = wake_a.write(1);
         }
@@ -324,33 +464,23 @@ fn serve(
             continue;
         }
         idle_since = None;
-        let mut idle = endpoint.rx.prepare_to_sleep();
+        let mut idle = b.endpoint.rx.prepare_to_sleep();
         if outcome.starved {
-            idle &= endpoint.tx_return.prepare_to_sleep();
+            idle &= b.endpoint.tx_return.prepare_to_sleep();
         }
-        idle &= service.nic_mut().backend.prepare_to_wait();
+        idle &= b.service.nic_mut().backend.prepare_to_wait();
         if idle {
-            let deadline = outcome
-                .deadline_ns
-                .map_or(Instant::now() + Duration::from_millis(10), |ns| {
-                    started + Duration::from_nanos(ns)
-                });
+            let deadline = b.instant(outcome.deadline_ns);
             sleep_on(
-                &[borrow(&wake_b), service.nic().backend.ready_fd()],
+                &[borrow(&wake_b), b.service.nic().backend.ready_fd()],
                 deadline,
             );
             let _ = wake_b.read();
         }
-        endpoint.rx.woke_up();
-        endpoint.tx_return.woke_up();
+        b.endpoint.rx.woke_up();
+        b.endpoint.tx_return.woke_up();
     }
-    // OS A has ended: its connections close as a process's do when it exits.
-    let clock = || started.elapsed().as_nanos() as u64;
-    service.wind_down(&mut endpoint, &mut pool, clock, |deadline_ns| {
-        let left = deadline_ns.saturating_sub(clock());
-        std::thread::sleep(Duration::from_nanos(left.min(WIND_DOWN_POLL_NS)));
-    });
-    service.stats()
+    b.wind_down()
 }
 
 /// How often OS B looks at the network while the connections OS A left close.
@@ -380,6 +510,9 @@ pub struct NativeMember {
     /// The CPUs OS A's and OS B's threads are kept on (`None`: wherever the scheduler puts
     /// them), as [`Placement::cpus`] gives them.
     pub cpus: (Option<usize>, Option<usize>),
+    /// OS A and OS B share one thread, kept on the first of `cpus` (see the module docs), as
+    /// [`Placement::one_thread`] says.
+    pub one_thread: bool,
 }
 
 impl std::fmt::Debug for NativeMember {
@@ -439,18 +572,22 @@ pub fn spawn(member: NativeMember) -> Result<NativeHandle, NativeError> {
     let stop = Arc::new(AtomicBool::new(false));
     let idle_spin_ns = u64::try_from(member.idle_spin.as_nanos()).unwrap_or(u64::MAX);
     let (cpu_a, cpu_b) = member.cpus;
-    let os_b = {
+    let os_b = OsB::new(service, b, started)?;
+    let (os_b, os_b_thread) = if member.one_thread {
+        (Some(os_b), None)
+    } else {
         let (wake_a, wake_b, stop, region) =
             (wake_a.clone(), wake_b.clone(), stop.clone(), region.clone());
         let name = format!("{}-os-b", member.tag);
-        std::thread::Builder::new()
+        let thread = std::thread::Builder::new()
             .name(name.clone())
             .spawn(move || {
                 pin_current_thread(cpu_b, &name);
-                let stats = serve(service, b, wake_a, wake_b, stop, (started, idle_spin_ns));
+                let stats = serve(os_b, wake_a, wake_b, stop, idle_spin_ns);
                 drop(region);
                 (stats, current_cpu())
-            })?
+            })?;
+        (None, Some(thread))
     };
     let tag = member.tag.clone();
     let app = member.app;
@@ -470,12 +607,19 @@ pub fn spawn(member: NativeMember) -> Result<NativeHandle, NativeError> {
                 echo,
                 stop_app,
                 idle_spin_ns,
+                os_b,
             };
             let outcome = app(&mut os, &mut client);
             let os_a_cpu = current_cpu();
-            stop.store(true, Ordering::Release);
-            let _ = wake_b.write(1);
-            let (net, os_b_cpu) = os_b.join().unwrap_or_default();
+            let (net, os_b_cpu) = match (os.os_b.take(), os_b_thread) {
+                (Some(os_b), _) => (os_b.wind_down(), current_cpu()),
+                (None, Some(thread)) => {
+                    stop.store(true, Ordering::Release);
+                    let _ = wake_b.write(1);
+                    thread.join().unwrap_or_default()
+                }
+                (None, None) => Default::default(),
+            };
             drop(client);
             drop(region);
             NativeReport {
@@ -518,11 +662,15 @@ mod tests {
         // One CPU: everything on it; none known: the scheduler decides.
         assert_eq!(Placement::Cross.cpus(1, &[7]), (Some(7), Some(7)));
         assert_eq!(Placement::Cross.cpus(1, &[]), none);
-        // Auto: each endpoint on a CPU of its own while CPUs are fewer than four threads.
-        assert_eq!(both(Placement::Auto), both(Placement::Endpoint));
+        // Shared: one thread per endpoint, on a CPU of its own.
+        assert_eq!(both(Placement::Shared), both(Placement::Endpoint));
+        assert!(Placement::Shared.one_thread(8) && !Placement::Endpoint.one_thread(2));
+        // Auto: one thread per endpoint while CPUs are fewer than four threads.
+        assert_eq!(both(Placement::Auto), both(Placement::Shared));
+        assert!(Placement::Auto.one_thread(2) && !Placement::Auto.one_thread(4));
         assert_eq!(Placement::Auto.cpus(1, &[0, 1, 2, 3]), none);
         assert_eq!(Placement::Auto.cpus(1, &[]), none);
-        assert_eq!(Placement::Auto.resolved(2).name(), "endpoint");
+        assert_eq!(Placement::Auto.resolved(2).name(), "shared");
         assert_eq!(Placement::Auto.resolved(8).name(), "scheduler");
         assert_eq!(Placement::Cross.resolved(8).name(), "cross");
     }

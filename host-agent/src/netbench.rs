@@ -377,6 +377,7 @@ pub fn run_native(
                     echo,
                     idle_spin,
                     cpus: placement.cpus(usize::from(index - 1), &allowed),
+                    one_thread: placement.one_thread(allowed.len()),
                 })?);
             }
         }
@@ -396,6 +397,7 @@ pub fn run_native(
                 echo,
                 idle_spin,
                 cpus: placement.cpus(0, &allowed),
+                one_thread: placement.one_thread(allowed.len()),
             })?);
         }
     }

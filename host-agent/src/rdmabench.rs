@@ -398,6 +398,7 @@ pub fn run_native(
         member.tag = format!("n{index}");
         member.idle_spin = tuning.idle_spin;
         member.cpus = tuning.placement.cpus(usize::from(index - 1), &allowed);
+        member.one_thread = tuning.placement.one_thread(allowed.len());
         handles.push(spawn(member)?);
         slots.push(slot);
     }
