@@ -264,6 +264,11 @@ impl NativeOs {
         let Some(b) = self.os_b.as_mut() else {
             return;
         };
+        // OS A has events already (OS B's poll in the last kick brought them): nothing to wait
+        // for.
+        if deadline_ns > b.now_ns() && client.endpoint_mut().rx.available() != Ok(0) {
+            return;
+        }
         let mut idle_since = None;
         let mut idle_polls = 0u32;
         loop {
