@@ -1359,7 +1359,7 @@ fn demo(args: &DemoArgs) -> Result<bool> {
         );
     }
     let mode = SuiteMode::Native {
-        tuning: host_agent::native::DEFAULT_IDLE_SPIN.into(),
+        tuning: NativeTuning::default(),
     };
     let native = benchsuite::run(&mode, &SuiteParams::DEMO, |line| {
         if !json {

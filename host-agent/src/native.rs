@@ -167,6 +167,16 @@ pub struct NativeTuning {
     pub placement: Placement,
 }
 
+impl Default for NativeTuning {
+    /// What the commands do unless told otherwise: [`DEFAULT_IDLE_SPIN`], [`Placement::Auto`].
+    fn default() -> NativeTuning {
+        NativeTuning {
+            idle_spin: DEFAULT_IDLE_SPIN,
+            placement: Placement::Auto,
+        }
+    }
+}
+
 impl From<Duration> for NativeTuning {
     /// Polling for `idle_spin`, wherever the scheduler puts the threads.
     fn from(idle_spin: Duration) -> NativeTuning {
