@@ -959,9 +959,13 @@ fn print_suite_report(report: &SuiteReport) {
         1 => "one pair".to_owned(),
         pairs => format!("median of {pairs} pairs"),
     };
+    // Native runs say how their endpoints ran (`--pin`).
+    let mode = match report.write_lat.median.placement {
+        Some(placement) => format!("{}, placement {placement}", report.mode),
+        None => report.mode.to_string(),
+    };
     println!(
-        "suite ({}, {rounds}): UDP {} B {}, UDP {} B {}, TCP {}",
-        report.mode,
+        "suite ({mode}, {rounds}): UDP {} B {}, UDP {} B {}, TCP {}",
         report.udp.median.size,
         rate(report.udp.median.gbit_per_sec),
         report.udp_largest.median.size,
