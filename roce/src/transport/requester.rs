@@ -73,6 +73,13 @@ fn may_start(qp: &QueuePair, index: usize, wqe: &SendWqe) -> bool {
 }
 
 /// Writes the next request packet of `qp` into `out`.
+/// Whether [`transmit`] may find a packet to send: false when it would return
+/// [`Transmit::Idle`] at its first checks (an RNR wait, or every WQE sent and no resend due).
+#[inline]
+pub(crate) fn may_have_packet(qp: &QueuePair) -> bool {
+    qp.req.rnr_until.is_none() && (qp.req.need_retry || qp.sq_index(qp.req.cursor).is_some())
+}
+
 pub(crate) fn transmit(
     qp: &mut QueuePair,
     env: &mut Env<'_>,
