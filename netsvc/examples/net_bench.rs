@@ -6,9 +6,12 @@
 //! Prints one JSON line per measurement:
 //! - `udp`: goodput of 1472-byte datagrams, client to client;
 //! - `tcp`: goodput of one TCP connection (per send-buffer size);
-//! - `roce`: RoCE packets forwarded client to client (fast path), per packet size.
+//! - `roce`: RoCE packets forwarded client to client (fast path), per packet size;
+//! - `one_at_a_time`: the time per 64-byte RoCE packet and UDP datagram sent alone, client to
+//!   client (each sent only once the one before arrived), as the packets of a round trip go;
+//! - `idle_poll`: the time of one poll of a service with nothing to do.
 //!
-//! Run with `cargo run --release -p netsvc --features std --example net_bench [seconds]`.
+//! Run with `cargo run --release -p netsvc --features std --example net_bench [seconds [name...]]`.
 
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::time::Instant;
@@ -272,14 +275,107 @@ fn roce(seconds: f64, payload: usize) {
     );
 }
 
+/// One packet at a time from the left client to the right one: each is sent, both services
+/// poll once (the left one sends it, the right one receives it), and the right client takes
+/// it before the next is sent. The time per packet is what the two services, the two clients
+/// and the wire cost a packet that travels alone, as the packets of a round trip do.
+fn one_at_a_time(seconds: f64, kind: &str) {
+    let mut pair = Pair::new(64 * 1024);
+    let packet = roce_packet(64);
+    let datagram = [0x5au8; 64];
+    let destination = SocketAddrV4::new(RIGHT, 9000);
+    let udp = if kind == "udp" {
+        let server = pair.right.client.udp_bind(9000).unwrap();
+        pair.wait_right(|event| matches!(event, Event::Bound { .. }).then_some(()));
+        let sender = pair.left.client.udp_bind(0).unwrap();
+        pair.wait_left(|event| matches!(event, Event::Bound { .. }).then_some(()));
+        Some((server, sender))
+    } else {
+        None
+    };
+    let send = |pair: &mut Pair| match udp {
+        Some((_, sender)) => pair.left.client.udp_send(sender, destination, &datagram),
+        None => pair.left.client.roce_send(&packet),
+    };
+    let arrived = |event: &Event<'_>| matches!(event, Event::UdpRecv { .. } | Event::RoceRx { .. });
+    // Warm up ARP.
+    send(&mut pair).unwrap();
+    pair.wait_right(|event| arrived(event).then_some(()));
+    let (mut packets, mut polls) = (0u64, 0u64);
+    let start = Instant::now();
+    while start.elapsed().as_secs_f64() < seconds {
+        for _ in 0..1000 {
+            send(&mut pair).unwrap();
+            loop {
+                pair.step();
+                polls += 1;
+                let mut got = false;
+                while let Some(event) = pair.right.client.poll() {
+                    got |= arrived(&event);
+                }
+                while pair.left.client.poll().is_some() {}
+                if got {
+                    break;
+                }
+            }
+            packets += 1;
+        }
+    }
+    let elapsed = start.elapsed().as_secs_f64();
+    println!(
+        "{{\"bench\":\"one_at_a_time\",\"kind\":\"{kind}\",\"payload\":64,\"seconds\":{elapsed:.3},\"packets\":{packets},\"steps_per_packet\":{:.2},\"ns_per_packet\":{:.1}}}",
+        polls as f64 / packets as f64,
+        elapsed * 1e9 / packets as f64
+    );
+}
+
+/// What one poll of a service with nothing to do costs: the price of each look a polling
+/// OS B takes.
+fn idle_poll(seconds: f64) {
+    let mut pair = Pair::new(64 * 1024);
+    // Let the stack settle (ARP, timers) before counting.
+    for _ in 0..1000 {
+        pair.step();
+    }
+    let mut polls = 0u64;
+    let start = Instant::now();
+    while start.elapsed().as_secs_f64() < seconds {
+        for _ in 0..10_000 {
+            pair.left.poll(now(pair.started));
+        }
+        polls += 10_000;
+    }
+    let elapsed = start.elapsed().as_secs_f64();
+    println!(
+        "{{\"bench\":\"idle_poll\",\"seconds\":{elapsed:.3},\"polls\":{polls},\"ns_per_poll\":{:.1}}}",
+        elapsed * 1e9 / polls as f64
+    );
+}
+
 fn main() {
     let seconds: f64 = std::env::args()
         .nth(1)
         .and_then(|arg| arg.parse().ok())
         .unwrap_or(2.0);
-    udp(seconds);
-    tcp(seconds, 64 * 1024);
-    tcp(seconds, 256 * 1024);
-    roce(seconds, 1024);
-    roce(seconds, 64);
+    // `net_bench SECONDS NAME...` runs only the named measurements.
+    let only: Vec<String> = std::env::args().skip(2).collect();
+    let runs = |name: &str| only.is_empty() || only.iter().any(|wanted| wanted == name);
+    if runs("udp") {
+        udp(seconds);
+    }
+    if runs("tcp") {
+        tcp(seconds, 64 * 1024);
+        tcp(seconds, 256 * 1024);
+    }
+    if runs("roce") {
+        roce(seconds, 1024);
+        roce(seconds, 64);
+    }
+    if runs("one_at_a_time") {
+        one_at_a_time(seconds, "roce");
+        one_at_a_time(seconds, "udp");
+    }
+    if runs("idle_poll") {
+        idle_poll(seconds);
+    }
 }
