@@ -733,9 +733,12 @@ impl<O: Os> Link<'_, O> {
         what: &'static str,
     ) -> Result<Vec<WorkCompletion>, TestError> {
         let mut out = Vec::with_capacity(count);
+        let mut batch = [WorkCompletion::default(); 16];
         let mut failure = None;
-        let done = |link: &mut Self, out: &mut Vec<WorkCompletion>, failure: &mut Option<_>| {
-            let mut batch = [WorkCompletion::default(); 16];
+        let done = |link: &mut Self,
+                    out: &mut Vec<WorkCompletion>,
+                    batch: &mut [WorkCompletion; 16],
+                    failure: &mut Option<_>| {
             while out.len() < count {
                 // Never take more than asked for: the rest stay queued for the next call.
                 let room = (count - out.len()).min(batch.len());
@@ -754,8 +757,8 @@ impl<O: Os> Link<'_, O> {
             }
             out.len() >= count || failure.is_some()
         };
-        if !done(self, &mut out, &mut failure) {
-            self.until(what, |link| done(link, &mut out, &mut failure))?;
+        if !done(self, &mut out, &mut batch, &mut failure) {
+            self.until(what, |link| done(link, &mut out, &mut batch, &mut failure))?;
         }
         match failure {
             Some(status) => Err(TestError::Completion(status)),

@@ -269,8 +269,8 @@ impl NativeOs {
     /// deadline passes or the application is asked to stop; with nothing to do for the idle
     /// spin, the thread sleeps on the NIC (see the module docs).
     fn run_os_b(&mut self, client: &mut NetClient, deadline_ns: u64) {
-        // OS B is about to look at OS A's requests: no signal needed.
-        let _ = client.take_signal();
+        // OS B is about to look at OS A's requests itself: no signal (nor the fence that asking
+        // whether one is wanted takes; nothing on this thread's rings ever sleeps).
         let Some(b) = self.os_b.as_mut() else {
             return;
         };
@@ -282,8 +282,7 @@ impl NativeOs {
         let mut idle_since = None;
         let mut idle_polls = 0u32;
         loop {
-            let outcome = b.poll();
-            let now = b.now_ns();
+            let (outcome, now) = b.poll();
             if now >= deadline_ns
                 || client.endpoint_mut().rx.available() != Ok(0)
                 || self.stop_app.load(Ordering::Acquire)
@@ -424,10 +423,13 @@ impl OsB {
         self.started.elapsed().as_nanos() as u64
     }
 
-    /// One step of the service.
-    fn poll(&mut self) -> PollOutcome {
+    /// One step of the service; returns what it did and the time it ran at.
+    fn poll(&mut self) -> (PollOutcome, u64) {
         let now = self.now_ns();
-        self.service.poll(now, &mut self.endpoint, &mut self.pool)
+        (
+            self.service.poll(now, &mut self.endpoint, &mut self.pool),
+            now,
+        )
     }
 
     /// The instant of `deadline_ns` on this endpoint's clock (`None`: 10 ms from now).
@@ -461,8 +463,7 @@ fn serve(
     // When this thread last found nothing to do, while it polls (see the module docs).
     let mut idle_since = None;
     while !stop.load(Ordering::Acquire) {
-        let outcome = b.poll();
-        let now = b.now_ns();
+        let (outcome, now) = b.poll();
         if outcome.signal_peer {
             let _ = wake_a.write(1);
         }

@@ -72,7 +72,6 @@ fn may_start(qp: &QueuePair, index: usize, wqe: &SendWqe) -> bool {
     !wqe.is_read_or_atomic() || qp.req.rd_atomic < u32::from(qp.attr.max_rd_atomic)
 }
 
-/// Writes the next request packet of `qp` into `out`.
 /// Whether [`transmit`] may find a packet to send: false when it would return
 /// [`Transmit::Idle`] at its first checks (an RNR wait, or every WQE sent and no resend due).
 #[inline]
@@ -80,6 +79,7 @@ pub(crate) fn may_have_packet(qp: &QueuePair) -> bool {
     qp.req.rnr_until.is_none() && (qp.req.need_retry || qp.sq_index(qp.req.cursor).is_some())
 }
 
+/// Writes the next request packet of `qp` into `out`.
 pub(crate) fn transmit(
     qp: &mut QueuePair,
     env: &mut Env<'_>,
